@@ -1,0 +1,1 @@
+"""Developer tools: code generation and checks that are not part of the runtime."""
