@@ -75,7 +75,12 @@ class TokenAuthority:
     ALGORITHMS = ("HS256",)
 
     def __init__(
-        self, secret: str, *, audience: str = "surveymesh", issuer: str = "surveymesh", leeway: float = 30
+        self,
+        secret: str,
+        *,
+        audience: str = "surveymesh",
+        issuer: str = "surveymesh",
+        leeway: float = 30,
     ) -> None:
         if not secret:
             raise ValueError("a signing secret is required")
@@ -126,7 +131,9 @@ class TokenAuthority:
         except jwt.ImmatureSignatureError:
             raise Unauthenticated("token not yet valid", reason="TOKEN_NOT_YET_VALID") from None
         except jwt.InvalidAudienceError:
-            raise Unauthenticated("token has the wrong audience", reason="TOKEN_WRONG_AUDIENCE") from None
+            raise Unauthenticated(
+                "token has the wrong audience", reason="TOKEN_WRONG_AUDIENCE"
+            ) from None
         except jwt.InvalidTokenError as e:
             raise Unauthenticated(f"invalid token: {e}", reason="TOKEN_INVALID") from None
         org, user, roles = claims.get("org"), claims.get("sub"), claims.get("roles", [])
@@ -144,7 +151,9 @@ class TokenAuthority:
             )
         scheme, _, token = value.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthenticated("authorization must be 'Bearer <token>'", reason="MISSING_CREDENTIALS")
+            raise Unauthenticated(
+                "authorization must be 'Bearer <token>'", reason="MISSING_CREDENTIALS"
+            )
         return self.verify(token.strip())
 
 

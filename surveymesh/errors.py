@@ -152,6 +152,13 @@ class ResourceExhausted(ServiceError):
         return [packed]
 
 
+class Unimplemented(ServiceError):
+    """The request is valid but asks for something this server does not offer (yet)."""
+
+    code = grpc.StatusCode.UNIMPLEMENTED
+    default_reason = "UNIMPLEMENTED"
+
+
 class Violations:
     """Collects field violations while validating a request, then raises them all at once.
 
@@ -227,4 +234,3 @@ def error_details(err: grpc.aio.AioRpcError | grpc.RpcError) -> ErrorDetails:
             detail.Unpack(retry)
             retry_after = retry.retry_delay.seconds + retry.retry_delay.nanos / 1e9
     return ErrorDetails(code, reason, domain, message, tuple(violations), retry_after)
-

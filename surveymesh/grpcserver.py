@@ -31,8 +31,13 @@ log = logging.getLogger(__name__)
 PUBLIC_METHOD_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Peer status codes that mean "try again later", passed on as UNAVAILABLE.
 TRANSIENT_PEER_CODES = frozenset(
-    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNKNOWN,
-     grpc.StatusCode.INTERNAL, grpc.StatusCode.ABORTED}
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.ABORTED,
+    }
 )
 # Database failures that are about reachability, not about the request.
 DB_UNAVAILABLE = (
@@ -58,7 +63,9 @@ def _classify(exc: BaseException) -> ServiceError | grpc.Status | None:
             return rpc_status.to_status(status)
         return None
     if isinstance(exc, DB_UNAVAILABLE | TimeoutError):
-        return Unavailable("the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE")
+        return Unavailable(
+            "the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
+        )
     return None
 
 
@@ -89,7 +96,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         )
         set_principal(self._authority.verify_header(header if isinstance(header, str) else None))
 
-    async def _fail(self, context: grpc.aio.ServicerContext, exc: BaseException, method: str) -> None:
+    async def _fail(
+        self, context: grpc.aio.ServicerContext, exc: BaseException, method: str
+    ) -> None:
         mapped = _classify(exc)
         if mapped is None:
             # A bug of ours, not the client's: log it whole, tell the client little.
@@ -125,7 +134,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         else:
             inner = handler.unary_stream or handler.stream_stream
 
-            async def stream_response(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async def stream_response(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
                 try:
                     self._authenticate(context)
                     async for item in inner(request, context):
@@ -172,7 +183,9 @@ class Service:
 class ServerHandle:
     """A started server with its bound port and health servicer."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, health: HealthServicer, names: Sequence[str]):
+    def __init__(
+        self, server: grpc.aio.Server, port: int, health: HealthServicer, names: Sequence[str]
+    ):
         self.server = server
         self.port = port
         self.health = health
@@ -192,6 +205,32 @@ class ServerHandle:
         """Graceful stop: NOT_SERVING first, so balancers drain, then let calls finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace)
+
+
+@dataclass
+class RunningService:
+    """A started service: its server plus what to close after it stops (pools, channels)."""
+
+    handle: ServerHandle
+    cleanups: list[Callable[[], Awaitable[None]]]
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the address asked for port 0)."""
+        return self.handle.port
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stops serving gracefully, then runs the cleanups in order."""
+        await self.handle.stop(grace)
+        for cleanup in self.cleanups:
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("cleanup failed")
+
+    async def serve_until_signalled(self, grace: float) -> None:
+        """Serves until SIGTERM/SIGINT, then stops gracefully (the ``__main__`` path)."""
+        await run_until_signalled(self.handle, grace=grace, cleanups=self.cleanups)
 
 
 async def start_server(
@@ -226,7 +265,11 @@ async def start_server(
         s.add_to_server(s.servicer, server)
     if reflection_enabled:
         reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            [
+                *names,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
             server,
         )
     port = server.add_insecure_port(address)

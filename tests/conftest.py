@@ -31,7 +31,9 @@ def authority() -> TokenAuthority:
 def token_for(authority: TokenAuthority) -> Callable[..., tuple[tuple[str, str], ...]]:
     """Call metadata for a caller: ``token_for("org-a", role="analyst")``."""
 
-    def make(org: str, *, user: str = "alice", role: str = "analyst") -> tuple[tuple[str, str], ...]:
+    def make(
+        org: str, *, user: str = "alice", role: str = "analyst"
+    ) -> tuple[tuple[str, str], ...]:
         return bearer_metadata(authority.mint(org=org, user=user, roles=[role]))
 
     return make
