@@ -27,7 +27,9 @@ EVENTS_CHANNEL = "surveymesh_report_events"
 
 S = report_pb2.ReportState
 E = report_pb2.ReportEventType
-TERMINAL_STATES = frozenset({S.REPORT_STATE_COMPLETED, S.REPORT_STATE_FAILED, S.REPORT_STATE_CANCELLED})
+TERMINAL_STATES = frozenset(
+    {S.REPORT_STATE_COMPLETED, S.REPORT_STATE_FAILED, S.REPORT_STATE_CANCELLED}
+)
 TERMINAL_EVENTS = frozenset(
     {E.REPORT_EVENT_TYPE_COMPLETED, E.REPORT_EVENT_TYPE_FAILED, E.REPORT_EVENT_TYPE_CANCELLED}
 )
@@ -89,7 +91,9 @@ async def append_event(conn: asyncpg.Connection, report_id: str, event: Event) -
             state = $3,
             progress_percent = $4,
             current_stage = CASE WHEN $6 THEN '' WHEN $5 <> '' THEN $5 ELSE current_stage END,
-            start_time = CASE WHEN $3 = $7 AND start_time IS NULL THEN now() ELSE start_time END,
+            -- typed: an untyped $3 = $7 would make PostgreSQL deduce text for $3
+            start_time = CASE WHEN $3::smallint = $7::smallint AND start_time IS NULL
+                THEN now() ELSE start_time END,
             end_time = CASE WHEN $6 THEN now() ELSE end_time END,
             error = COALESCE($8::jsonb, error)
         WHERE id = $1

@@ -62,7 +62,7 @@ def _classify(exc: BaseException) -> ServiceError | grpc.Status | None:
         if status is not None:
             return rpc_status.to_status(status)
         return None
-    if isinstance(exc, DB_UNAVAILABLE | TimeoutError):
+    if isinstance(exc, (*DB_UNAVAILABLE, TimeoutError)):
         return Unavailable(
             "the database is unreachable; retry later", reason="DATABASE_UNAVAILABLE"
         )
