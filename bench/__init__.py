@@ -1,0 +1,1 @@
+"""SurveyMesh benchmarks: each module measures one target against a baseline in the same run."""

@@ -1,0 +1,229 @@
+"""SQL of DeliveryService: every query of the ``delivery`` schema lives here.
+
+Every survey query is scoped by the caller's organization, so a foreign survey id is
+indistinguishable from a missing one. Response queries take a survey id that the caller
+has already looked up through an org-scoped query.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+SCHEMA = "delivery"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+_SURVEY_COLUMNS = (
+    "id, org_id, title, description, questions, creator, create_time, response_count, last_seq"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyRow:
+    """A stored survey, as read from the database."""
+
+    id: uuid.UUID
+    org_id: str
+    title: str
+    description: str
+    questions: list[dict[str, Any]]
+    creator: str
+    create_time: datetime
+    response_count: int
+    last_seq: int
+
+    @classmethod
+    def from_record(cls, r: asyncpg.Record) -> SurveyRow:
+        """Builds a row from a record holding :data:`_SURVEY_COLUMNS`."""
+        return cls(
+            id=r["id"],
+            org_id=r["org_id"],
+            title=r["title"],
+            description=r["description"],
+            questions=r["questions"],
+            creator=r["creator"],
+            create_time=r["create_time"],
+            response_count=r["response_count"],
+            last_seq=r["last_seq"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """What one committed import batch did."""
+
+    inserted: int
+    duplicates: int
+
+
+class DeliveryRepository:
+    """The delivery database.
+
+    Args:
+        pool: A pool whose search path starts with the ``delivery`` schema.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    # -- surveys ---------------------------------------------------------------------
+
+    async def insert_survey(
+        self,
+        *,
+        survey_id: uuid.UUID,
+        org: str,
+        title: str,
+        description: str,
+        questions: list[dict[str, Any]],
+        creator: str,
+        request_id: str | None,
+    ) -> SurveyRow:
+        """Stores a new survey, or returns the one an earlier call with ``request_id`` stored."""
+        async with self._pool.acquire() as conn:
+            record = await conn.fetchrow(
+                f"""
+                INSERT INTO surveys (id, org_id, title, description, questions, creator, request_id)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                ON CONFLICT (org_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+                RETURNING {_SURVEY_COLUMNS}
+                """,
+                survey_id,
+                org,
+                title,
+                description,
+                questions,
+                creator,
+                request_id,
+            )
+            if record is None:
+                # The key was used before (possibly by a concurrent call that just won).
+                record = await conn.fetchrow(
+                    f"SELECT {_SURVEY_COLUMNS} FROM surveys WHERE org_id = $1 AND request_id = $2",
+                    org,
+                    request_id,
+                )
+        assert record is not None
+        return SurveyRow.from_record(record)
+
+    async def get_survey(self, org: str, survey_id: uuid.UUID) -> SurveyRow | None:
+        """The survey ``survey_id`` of ``org``, or None (also when it belongs to another org)."""
+        record = await self._pool.fetchrow(
+            f"SELECT {_SURVEY_COLUMNS} FROM surveys WHERE id = $1 AND org_id = $2", survey_id, org
+        )
+        return SurveyRow.from_record(record) if record else None
+
+    async def list_surveys(
+        self, org: str, limit: int, after: tuple[datetime, uuid.UUID] | None
+    ) -> list[SurveyRow]:
+        """Up to ``limit`` surveys of ``org``, newest first, strictly after the ``after`` key."""
+        if after is None:
+            records = await self._pool.fetch(
+                f"SELECT {_SURVEY_COLUMNS} FROM surveys WHERE org_id = $1"
+                " ORDER BY create_time DESC, id DESC LIMIT $2",
+                org,
+                limit,
+            )
+        else:
+            records = await self._pool.fetch(
+                f"SELECT {_SURVEY_COLUMNS} FROM surveys WHERE org_id = $1"
+                " AND (create_time, id) < ($2, $3)"
+                " ORDER BY create_time DESC, id DESC LIMIT $4",
+                org,
+                after[0],
+                after[1],
+                limit,
+            )
+        return [SurveyRow.from_record(r) for r in records]
+
+    # -- responses -------------------------------------------------------------------
+
+    async def import_batch(
+        self, survey_id: uuid.UUID, rows: Sequence[tuple[str, bool, bytes]]
+    ) -> BatchOutcome:
+        """Stores one batch of valid rows ``(id, completed, payload)`` in one transaction.
+
+        The rows are COPYed (binary) into a temporary staging table and moved over with one
+        ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so an id stored before, or earlier
+        in the same batch, is counted as a duplicate and never stored twice.
+
+        The survey row is locked before the insert: imports to one survey then commit in
+        ``seq`` order, so the survey's ``last_seq`` (the watermark StreamResponses serves)
+        never lies above a ``seq`` that is still to commit.
+        """
+        if not rows:
+            return BatchOutcome(0, 0)
+        async with self._pool.acquire() as conn, conn.transaction():
+            # Made once per pooled connection; its rows vanish at every commit or rollback.
+            # (ON COMMIT DROP would churn the catalog once per batch.)
+            await conn.execute(
+                'CREATE TEMP TABLE IF NOT EXISTS import_staging (id text COLLATE "C",'
+                " completed boolean, payload bytea) ON COMMIT DELETE ROWS"
+            )
+            await conn.copy_records_to_table(
+                "import_staging", records=rows, columns=("id", "completed", "payload")
+            )
+            await conn.execute("SELECT 1 FROM surveys WHERE id = $1 FOR NO KEY UPDATE", survey_id)
+            inserted, max_seq = await conn.fetchrow(
+                """
+                WITH ins AS (
+                    INSERT INTO responses (survey_id, id, completed, payload)
+                    SELECT $1, id, completed, payload FROM import_staging
+                    ON CONFLICT (survey_id, id) DO NOTHING
+                    RETURNING seq
+                )
+                SELECT count(*), max(seq) FROM ins
+                """,
+                survey_id,
+            )
+            if inserted:
+                await conn.execute(
+                    "UPDATE surveys SET response_count = response_count + $2,"
+                    " last_seq = greatest(last_seq, $3) WHERE id = $1",
+                    survey_id,
+                    inserted,
+                    max_seq,
+                )
+        return BatchOutcome(inserted=inserted, duplicates=len(rows) - inserted)
+
+    async def count_responses(
+        self, survey_id: uuid.UUID, watermark: int, completed_only: bool
+    ) -> int:
+        """How many responses of the snapshot ``seq <= watermark`` there are."""
+        count = await self._pool.fetchval(
+            "SELECT count(*) FROM responses WHERE survey_id = $1 AND seq <= $2"
+            + (" AND completed" if completed_only else ""),
+            survey_id,
+            watermark,
+        )
+        return int(count)
+
+    async def fetch_payloads(
+        self,
+        survey_id: uuid.UUID,
+        watermark: int,
+        after_id: str,
+        limit: int,
+        completed_only: bool,
+    ) -> list[tuple[str, bytes]]:
+        """The next ``limit`` responses ``(id, payload)`` of the snapshot after ``after_id``.
+
+        Keyset pagination on the primary key (survey_id, id): each batch is one short
+        query, so a slow reader never holds a transaction or a connection open.
+        """
+        records = await self._pool.fetch(
+            "SELECT id, payload FROM responses WHERE survey_id = $1 AND id > $2 AND seq <= $3"
+            + (" AND completed" if completed_only else "")
+            + " ORDER BY id LIMIT $4",
+            survey_id,
+            after_id,
+            watermark,
+            limit,
+        )
+        return [(r[0], r[1]) for r in records]
