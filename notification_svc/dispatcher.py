@@ -1,0 +1,311 @@
+"""The delivery dispatcher: drains the outbox with retries, inside the service process.
+
+``SendNotification`` writes one ``deliveries`` row per (channel, endpoint) in the same
+transaction as the notification. The dispatcher claims due rows (``FOR UPDATE SKIP
+LOCKED``, so every replica runs one and they share the work), attempts them, records each
+attempt and reschedules failures with exponential backoff. It wakes at once when a
+delivery is created (in-process event, or ``LISTEN`` for other replicas) and also polls,
+so a due retry, or a row a crashed process had claimed, is still delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import asyncpg
+
+from notification_svc.repository import (
+    FAILED,
+    RETRYING,
+    SUCCEEDED,
+    AttemptRecord,
+    DeliveryJob,
+    Repository,
+)
+from surveymesh.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeliveryPolicy:
+    """Retry and concurrency settings of the dispatcher.
+
+    Attributes:
+        base_delay: Seconds before the first retry; doubled for each further one.
+        max_delay: Cap of one retry delay, in seconds.
+        max_attempts: Attempts before a delivery fails for good.
+        jitter: Relative spread of each delay (0.2: ±20 %), so retries of many
+            deliveries to one failing receiver do not arrive in lockstep.
+        lease_seconds: How long a claim lasts; must exceed the longest attempt. A
+            process that dies mid-attempt delays that delivery by at most this.
+        poll_interval: Seconds between outbox polls when nothing wakes the dispatcher.
+        batch_size: Deliveries claimed per query.
+        max_in_flight: Concurrent attempts per process.
+        webhook_timeout: Total seconds for one webhook POST.
+        smtp_timeout: Seconds for one SMTP conversation.
+        shutdown_timeout: How long a stopping dispatcher lets attempts finish before it
+            cancels them and releases their claims.
+    """
+
+    base_delay: float = 5.0
+    max_delay: float = 3600.0
+    max_attempts: int = 8
+    jitter: float = 0.2
+    lease_seconds: float = 120.0
+    poll_interval: float = 2.0
+    batch_size: int = 32
+    max_in_flight: int = 64
+    webhook_timeout: float = 10.0
+    smtp_timeout: float = 30.0
+    shutdown_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.base_delay <= 0 or self.max_delay < self.base_delay:
+            raise ConfigError("retry delays must be positive and max_delay >= base_delay")
+        if self.max_attempts < 1 or self.batch_size < 1 or self.max_in_flight < 1:
+            raise ConfigError("max_attempts, batch_size and max_in_flight must be at least 1")
+        if self.lease_seconds <= max(self.webhook_timeout, self.smtp_timeout):
+            raise ConfigError("lease_seconds must exceed the webhook and SMTP timeouts")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> DeliveryPolicy:
+        """Reads ``SURVEYMESH_NOTIFY_RETRY_BASE_SECONDS``, ``..._RETRY_MAX_SECONDS``,
+        ``..._MAX_ATTEMPTS`` and ``..._POLL_SECONDS`` (defaults otherwise)."""
+        e = os.environ if env is None else env
+        d = cls()
+
+        def num(name: str, default: float) -> float:
+            raw = e.get(f"SURVEYMESH_NOTIFY_{name}", "")
+            try:
+                return float(raw) if raw else default
+            except ValueError:
+                raise ConfigError(
+                    f"SURVEYMESH_NOTIFY_{name} must be a number, got {raw!r}"
+                ) from None
+
+        return cls(
+            base_delay=num("RETRY_BASE_SECONDS", d.base_delay),
+            max_delay=num("RETRY_MAX_SECONDS", d.max_delay),
+            max_attempts=int(num("MAX_ATTEMPTS", d.max_attempts)),
+            poll_interval=num("POLL_SECONDS", d.poll_interval),
+        )
+
+
+def backoff_delay(
+    policy: DeliveryPolicy, attempt_number: int, rng: Callable[[], float] = random.random
+) -> float:
+    """Seconds to wait after failed attempt ``attempt_number`` (1-based).
+
+    ``base * 2^(n-1)``, capped, then spread by ±``jitter``, and capped again.
+    """
+    exponent = min(attempt_number - 1, 62)  # 2**62 already exceeds any cap
+    delay = min(policy.max_delay, policy.base_delay * 2.0**exponent)
+    delay *= 1.0 + policy.jitter * (2.0 * rng() - 1.0)
+    return max(0.0, min(policy.max_delay, delay))
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt achieved.
+
+    Attributes:
+        kind: ``success``, ``retry`` (transient: timeout, 5xx, 408/429, connection) or
+            ``fail`` (permanent: 410, other 4xx, refused address).
+        response_code: HTTP status or SMTP reply code; 0 when none arrived.
+        error: What went wrong (empty on success).
+        retry_after: The receiver's ``Retry-After`` in seconds, if it sent one.
+    """
+
+    kind: str
+    response_code: int = 0
+    error: str = ""
+    retry_after: float | None = None
+
+    @classmethod
+    def success(cls, code: int = 0) -> Outcome:
+        """Delivered."""
+        return cls("success", code)
+
+    @classmethod
+    def retry(cls, code: int, error: str, retry_after: float | None = None) -> Outcome:
+        """Failed, worth trying again."""
+        return cls("retry", code, error, retry_after)
+
+    @classmethod
+    def fail(cls, code: int, error: str) -> Outcome:
+        """Failed for good."""
+        return cls("fail", code, error)
+
+
+def next_step(
+    policy: DeliveryPolicy,
+    outcome: Outcome,
+    attempt_number: int,
+    now: dt.datetime,
+    rng: Callable[[], float] = random.random,
+) -> tuple[int, dt.datetime | None, str]:
+    """Decides a delivery's new status after an attempt.
+
+    Returns:
+        ``(status, next_attempt_time, error)``.
+    """
+    if outcome.kind == "success":
+        return SUCCEEDED, None, ""
+    if outcome.kind == "fail":
+        return FAILED, None, outcome.error
+    if attempt_number >= policy.max_attempts:
+        return FAILED, None, f"{outcome.error} (gave up after {attempt_number} attempts)"
+    delay = backoff_delay(policy, attempt_number, rng)
+    if outcome.retry_after is not None:
+        delay = max(delay, min(outcome.retry_after, policy.max_delay))
+    return RETRYING, now + dt.timedelta(seconds=delay), outcome.error
+
+
+class Channel(Protocol):
+    """Something that attempts deliveries of one channel (webhooks, email)."""
+
+    async def deliver(self, job: DeliveryJob) -> Outcome:
+        """Makes one attempt; never raises for a receiver's failure."""
+        ...
+
+
+class Dispatcher:
+    """Claims and attempts due deliveries until stopped.
+
+    Args:
+        repo: The repository.
+        policy: Retry and concurrency settings.
+        channels: The deliverer of each channel number.
+    """
+
+    def __init__(
+        self, repo: Repository, policy: DeliveryPolicy, channels: Mapping[int, Channel]
+    ) -> None:
+        self._repo = repo
+        self._policy = policy
+        self._channels = dict(channels)
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+        self._in_flight: dict[asyncio.Task[None], tuple[DeliveryJob, uuid.UUID]] = {}
+
+    def wake(self) -> None:
+        """Asks for an immediate look at the outbox (a delivery was just created)."""
+        self._wake.set()
+
+    def start(self) -> None:
+        """Starts the dispatch loop as a task of the running event loop."""
+        self._task = asyncio.create_task(self._run(), name="notification-dispatcher")
+
+    async def stop(self, wait_seconds: float | None = None) -> None:
+        """Stops claiming, lets in-flight attempts finish for up to ``wait_seconds``
+        (default: the policy's ``shutdown_timeout``),
+        then cancels the rest and releases their claims so another replica (or the next
+        start) makes them without waiting for the lease to expire."""
+        self._stopping = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+        if not self._in_flight:
+            return
+        wait = self._policy.shutdown_timeout if wait_seconds is None else wait_seconds
+        _done, pending = await asyncio.wait(list(self._in_flight), timeout=wait)
+        unfinished = [self._in_flight[t] for t in pending]
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        if unfinished:
+            try:
+                await self._repo.release([(job.delivery_id, token) for job, token in unfinished])
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                # The leases expire by themselves; the deliveries are only delayed.
+                log.warning("could not release %d claimed deliveries", len(unfinished))
+            log.info("released %d unfinished deliveries", len(unfinished))
+
+    async def _run(self) -> None:
+        policy = self._policy
+        while not self._stopping:
+            self._wake.clear()
+            free = policy.max_in_flight - len(self._in_flight)
+            claimed: list[DeliveryJob] = []
+            token = uuid.uuid4()
+            if free > 0:
+                try:
+                    claimed = await self._repo.claim_due(
+                        min(free, policy.batch_size), policy.lease_seconds, token
+                    )
+                except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                    log.warning("claiming deliveries failed: %r", exc)
+                except Exception:
+                    log.exception("claiming deliveries failed")
+            for job in claimed:
+                task = asyncio.create_task(self._attempt(job, token))
+                self._in_flight[task] = (job, token)
+                task.add_done_callback(self._finished)
+            if len(claimed) == policy.batch_size and not self._stopping:
+                await asyncio.sleep(0)  # more may be due: claim again, but let others run
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=policy.poll_interval)
+            except TimeoutError:
+                pass
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        full = len(self._in_flight) >= self._policy.max_in_flight
+        self._in_flight.pop(task, None)
+        if full:
+            self._wake.set()  # a slot freed up: claim more without waiting for the poll
+
+    async def _attempt(self, job: DeliveryJob, token: uuid.UUID) -> None:
+        attempt_time = dt.datetime.now(dt.UTC)
+        started = time.perf_counter()
+        channel = self._channels.get(job.channel)
+        record = True
+        if job.endpoint_deleted:
+            outcome, record = Outcome.fail(0, "endpoint deleted"), False
+        elif channel is None:
+            outcome = Outcome.fail(0, f"no deliverer for channel {job.channel}")
+        else:
+            try:
+                outcome = await channel.deliver(job)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Our bug, not the receiver's: keep the delivery and try again later.
+                log.exception("delivery %s failed unexpectedly", job.delivery_id)
+                outcome = Outcome.retry(0, f"internal error: {type(exc).__name__}")
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        status, next_time, error = next_step(
+            self._policy, outcome, job.attempt_number, dt.datetime.now(dt.UTC)
+        )
+        attempt = AttemptRecord(
+            status=status,
+            response_code=outcome.response_code,
+            latency_ms=latency_ms,
+            error=error,
+            attempt_time=attempt_time,
+            next_attempt_time=next_time,
+        )
+        try:
+            held = await self._repo.finish_attempt(job, token, attempt, record=record)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            # The claim expires and the delivery is attempted again: at-least-once.
+            log.warning("could not record attempt of delivery %s: %r", job.delivery_id, exc)
+            return
+        if not held:
+            log.info(
+                "claim of delivery %s was lost before its attempt was recorded", job.delivery_id
+            )
+        log.debug(
+            "delivery %s attempt %d: %s %s", job.delivery_id, job.attempt_number, status, error
+        )

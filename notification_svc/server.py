@@ -1,0 +1,115 @@
+"""Assembly of NotificationService: pool, listener, dispatcher and the gRPC server."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+
+from notification_svc.dispatcher import DeliveryPolicy, Dispatcher
+from notification_svc.live import Hub, Listener
+from notification_svc.mailer import EmailRenderer, Mailer, parse_smtp_url
+from notification_svc.notifications import Notifications
+from notification_svc.repository import CHANNEL_EMAIL, CHANNEL_WEBHOOK, Repository
+from notification_svc.servicer import NotificationServicer
+from notification_svc.webhooks import WebhookEndpoints, WebhookSender
+from surveymesh.auth import TokenAuthority
+from surveymesh.config import Settings
+from surveymesh.db import open_database
+from surveymesh.grpcserver import RunningService, Service, start_server
+from surveymesh.notification.v1 import notification_service_pb2 as pb
+from surveymesh.notification.v1 import notification_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "notification"
+DOMAIN = "surveymesh.notification"
+MIGRATIONS = Path(__file__).parent / "migrations"
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NotificationService"].full_name
+
+
+async def create_server(
+    settings: Settings,
+    *,
+    authority: TokenAuthority | None = None,
+    address: str | None = None,
+    policy: DeliveryPolicy | None = None,
+) -> RunningService:
+    """Starts NotificationService with its delivery dispatcher.
+
+    Args:
+        settings: The process settings (database, SMTP, data dir, webhook address policy).
+        authority: Verifies bearer tokens; defaults to the deployment's secret.
+        address: ``host:port`` to bind (``localhost:0`` in tests).
+        policy: Retry and concurrency settings of the dispatcher; defaults to
+            :meth:`DeliveryPolicy.from_env`.
+
+    Returns:
+        The running service; ``stop()`` stops the server, then the dispatcher (letting
+        in-flight attempts finish or releasing them), the listener, HTTP client and pool.
+    """
+    dsn = settings.require_database_url()
+    policy = policy or DeliveryPolicy.from_env()
+    smtp = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
+    authority = authority or TokenAuthority(
+        settings.signing_secret(), audience=settings.jwt_audience, issuer=settings.jwt_issuer
+    )
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+    try:
+        pool = await open_database(
+            dsn,
+            schema=SCHEMA,
+            migrations=MIGRATIONS,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+        )
+        cleanups.insert(0, pool.close)
+        repo = Repository(pool)
+        # No redirects (a 3xx could point anywhere, including private addresses) and no
+        # proxy settings from the environment: receivers are reached directly.
+        client = httpx.AsyncClient(
+            timeout=httpx.Timeout(policy.webhook_timeout, connect=min(5.0, policy.webhook_timeout)),
+            follow_redirects=False,
+            trust_env=False,
+            limits=httpx.Limits(max_connections=policy.max_in_flight),
+        )
+        cleanups.insert(0, client.aclose)
+        mailer = Mailer(
+            repo,
+            EmailRenderer(settings.viewer_url),
+            sender=settings.email_from,
+            smtp=smtp,
+            outbox_dir=settings.data_dir / "outbox",
+            timeout=policy.smtp_timeout,
+        )
+        webhooks = WebhookSender(client, allow_private=settings.allow_private_webhooks)
+        dispatcher = Dispatcher(repo, policy, {CHANNEL_WEBHOOK: webhooks, CHANNEL_EMAIL: mailer})
+        hub = Hub()
+        listener = Listener(dsn, hub, dispatcher.wake)
+        await listener.start()
+        cleanups.insert(0, listener.stop)
+        servicer = NotificationServicer(
+            Notifications(repo, hub, dispatcher.wake),
+            WebhookEndpoints(repo, allow_private=settings.allow_private_webhooks),
+        )
+        handle = await start_server(
+            [Service(SERVICE_NAME, pb_grpc.add_NotificationServiceServicer_to_server, servicer)],
+            authority=authority,
+            domain=DOMAIN,
+            address=address or f"{settings.bind_host}:{settings.notification_port}",
+            reflection_enabled=settings.reflection,
+        )
+        dispatcher.start()
+        cleanups.insert(0, dispatcher.stop)
+    except BaseException:
+        for cleanup in cleanups:
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("cleanup after a failed start failed")
+        raise
+    if smtp is None:
+        log.info("no SMTP_URL: emails go to %s", settings.data_dir / "outbox")
+    return RunningService(handle, cleanups)

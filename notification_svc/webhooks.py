@@ -1,0 +1,198 @@
+"""Signed webhooks per the Standard Webhooks spec, and the endpoints they go to.
+
+Each delivery is a JSON POST with ``webhook-id`` (the same on every retry of one
+delivery, so receivers can de-duplicate), ``webhook-timestamp`` (Unix seconds of this
+attempt) and ``webhook-signature``: space-separated ``v1,<base64 HMAC-SHA256>`` of
+``"{id}.{timestamp}.{body}"``, keyed with the base64 part of the ``whsec_`` secret; one
+signature per live secret, so a rotation's grace period is covered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import logging
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from urllib.parse import urlsplit
+
+import asyncpg
+import httpx
+import orjson
+
+from notification_svc.dispatcher import Outcome
+from notification_svc.repository import DeliveryJob, Repository
+from notification_svc.validation import is_private_address, url_problem
+from surveymesh.errors import FieldViolation, InvalidArgument
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "whsec_"
+USER_AGENT = "SurveyMesh-Webhooks/1"
+
+
+def new_secret() -> str:
+    """A fresh signing secret: ``whsec_`` and 32 random bytes in base64."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def _key(secret: str) -> bytes:
+    raw = secret.removeprefix(SECRET_PREFIX)
+    return base64.b64decode(raw + "=" * (-len(raw) % 4))
+
+
+def sign(secret: str, message_id: str, timestamp: int, body: bytes) -> str:
+    """One ``v1,<base64>`` signature of ``"{message_id}.{timestamp}.{body}"``."""
+    signed = f"{message_id}.{timestamp}.".encode() + body
+    digest = hmac.new(_key(secret), signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode()
+
+
+def signed_headers(
+    secrets_: Iterable[str], message_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt (one signature per secret)."""
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": " ".join(sign(s, message_id, timestamp, body) for s in secrets_),
+    }
+
+
+def payload(job: DeliveryJob) -> bytes:
+    """The JSON body: ids and metadata only, identical on every retry.
+
+    The receiver fetches any data with the ids (``GetReport``); nothing personal or large
+    travels in a webhook.
+    """
+    return orjson.dumps(
+        {
+            "type": job.type,
+            "timestamp": job.create_time.isoformat(),
+            "data": {
+                "notification_id": str(job.notification_id),
+                "org_id": job.org_id,
+                "user_id": job.user_id,
+                "link": job.link,
+                "metadata": job.metadata,
+            },
+        }
+    )
+
+
+async def private_addresses(host: str, port: int) -> list[str]:
+    """The private/loopback/link-local addresses ``host`` resolves to (empty if none)."""
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos if is_private_address(str(info[4][0]))]
+
+
+async def check_destination(url: str, *, allow_private: bool) -> tuple[str, str] | None:
+    """Checks a webhook URL's syntax and, unless allowed, that it resolves to public addresses.
+
+    Returns:
+        ``(reason, description)`` of the problem, or None.
+    """
+    problem = url_problem(url)
+    if problem or allow_private:
+        return problem
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        refused = await private_addresses(
+            host, parts.port or (443 if parts.scheme == "https" else 80)
+        )
+    except OSError:
+        return "UNRESOLVABLE_HOST", "host name does not resolve"
+    if refused:
+        return "PRIVATE_ADDRESS", "must not resolve to a private, loopback or link-local address"
+    return None
+
+
+class WebhookSender:
+    """Makes one webhook attempt and classifies the result.
+
+    Args:
+        client: Shared HTTP client (its timeouts bound each attempt).
+        allow_private: Whether private/loopback destinations are allowed (development).
+    """
+
+    def __init__(self, client: httpx.AsyncClient, *, allow_private: bool) -> None:
+        self._client = client
+        self._allow_private = allow_private
+
+    async def deliver(self, job: DeliveryJob) -> Outcome:
+        """POSTs the signed payload to the job's endpoint."""
+        if not job.url or not job.secrets:
+            return Outcome.fail(0, "endpoint deleted")
+        # Checked at every attempt, not just at registration: DNS may have changed since.
+        problem = await check_destination(job.url, allow_private=self._allow_private)
+        if problem is not None:
+            if problem[0] == "UNRESOLVABLE_HOST":
+                return Outcome.retry(0, "host name does not resolve")
+            return Outcome.fail(0, f"destination refused: {problem[1]}")
+        body = payload(job)
+        headers = signed_headers(job.secrets, job.message_id, int(time.time()), body)
+        headers["content-type"] = "application/json"
+        headers["user-agent"] = USER_AGENT
+        try:
+            response = await self._client.post(job.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            return Outcome.retry(0, f"timeout: {type(exc).__name__}")
+        except httpx.HTTPError as exc:
+            return Outcome.retry(0, f"connection failed: {type(exc).__name__}: {exc}"[:500])
+        return classify_response(response.status_code, response.headers.get("retry-after"))
+
+
+def classify_response(code: int, retry_after: str | None = None) -> Outcome:
+    """Maps a webhook receiver's HTTP status to an outcome.
+
+    2xx succeeds; 408, 429 and 5xx are retried (honouring ``Retry-After`` seconds); 410
+    means "unsubscribed" and every other status (3xx: we do not follow redirects, 4xx: the
+    request will not get better) fails for good.
+    """
+    if 200 <= code < 300:
+        return Outcome.success(code)
+    if code == 410:
+        return Outcome.fail(code, "receiver answered 410 Gone")
+    if code in (408, 429) or code >= 500:
+        delay: float | None = None
+        if retry_after and retry_after.strip().isdigit():
+            delay = float(retry_after.strip())
+        return Outcome.retry(code, f"receiver answered {code}", delay)
+    return Outcome.fail(code, f"receiver answered {code}")
+
+
+class WebhookEndpoints:
+    """Registration, listing and deletion of an organization's webhook endpoints.
+
+    Args:
+        repo: The repository.
+        allow_private: Whether private/loopback URLs may be registered.
+    """
+
+    def __init__(self, repo: Repository, *, allow_private: bool) -> None:
+        self._repo = repo
+        self._allow_private = allow_private
+
+    async def create(
+        self, org: str, *, url: str, event_types: list[str], description: str, request_id: str
+    ) -> asyncpg.Record:
+        """Registers an endpoint with a new secret (or returns the one of ``request_id``)."""
+        problem = await check_destination(url, allow_private=self._allow_private)
+        if problem is not None:
+            raise InvalidArgument(
+                [FieldViolation("url", problem[1], problem[0])], reason=problem[0]
+            )
+        return await self._repo.create_endpoint(
+            org,
+            url=url,
+            event_types=sorted(set(event_types)),
+            description=description,
+            secret=new_secret(),
+            request_id=request_id,
+        )
