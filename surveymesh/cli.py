@@ -1,16 +1,27 @@
 """The ``surveymesh`` command line.
 
 ``surveymesh up [--demo]`` runs the whole mesh on this machine; ``surveymesh token`` mints
-a development token signed with the data dir's secret (for grpcurl and scripts).
+a development token signed with the data dir's secret (for grpcurl and scripts). The other
+commands (``survey``, ``report``, ``notifications``, ``webhooks``) are clients of a running
+mesh, built on :class:`surveymesh.client.SurveyMeshClient`: addresses come from
+``SURVEYMESH_*_ADDRESS`` (default: the local ports), the token from ``SURVEYMESH_TOKEN`` or
+``--token``. Every command takes ``--output json`` for scripts.
+
+Exit codes: 0 success; 1 other failure (also a watched report that FAILED or was CANCELLED);
+2 bad input (INVALID_ARGUMENT, an unreadable file or CSV); 3 NOT_FOUND; 4 UNAUTHENTICATED or
+PERMISSION_DENIED; 5 UNAVAILABLE, DEADLINE_EXCEEDED or RESOURCE_EXHAUSTED (try again);
+6 FAILED_PRECONDITION, ALREADY_EXISTS or ABORTED (wrong state).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 import uuid
+from pathlib import Path
 
 from surveymesh.auth import ROLES, TokenAuthority
 from surveymesh.config import ConfigError, Settings
@@ -31,7 +42,10 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     token = _authority(settings).mint(
         org=args.org, user=args.user, roles=args.role, ttl_seconds=args.ttl
     )
-    print(token)
+    if getattr(args, "output", "text") == "json":
+        print(json.dumps({"token": token, "org": args.org, "user": args.user, "roles": args.role}))
+    else:
+        print(token)
     return 0
 
 
@@ -114,10 +128,29 @@ async def _up(args: argparse.Namespace, settings: Settings) -> int:
         await mesh.stop()
 
 
+def _output_options() -> argparse.ArgumentParser:
+    """Options every client command takes (a parent parser, so they follow the subcommand)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--output", choices=["text", "json"], default="text", help="json: machine-readable output"
+    )
+    common.add_argument("--token", help="bearer token (default: $SURVEYMESH_TOKEN)")
+    common.add_argument(
+        "--timeout", type=float, default=None, help="deadline of each call in seconds"
+    )
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="surveymesh", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="surveymesh",
+        description=(__doc__ or "").split("\n\n")[0],
+        epilog="Exit codes: 0 ok, 1 failure, 2 bad input, 3 not found, 4 auth, 5 unavailable, "
+        "6 wrong state.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
+    common = _output_options()
 
     up = sub.add_parser("up", help="run the whole mesh on this machine")
     up.add_argument("--demo", action="store_true", help="load a demo survey and generate a report")
@@ -131,7 +164,112 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--user", required=True)
     token.add_argument("--role", action="append", choices=ROLES, required=True)
     token.add_argument("--ttl", type=float, default=24 * 3600, help="lifetime in seconds")
+    token.add_argument("--output", choices=["text", "json"], default="text")
+
+    from surveymesh import cli_commands as c
+
+    survey = sub.add_parser("survey", help="create, import and list surveys").add_subparsers(
+        dest="action", required=True
+    )
+    p = survey.add_parser("create", parents=[common], help="create a survey from a JSON file")
+    p.add_argument("--from-file", required=True, type=Path, help="survey JSON (proto JSON form)")
+    p.add_argument("--request-id", help="idempotency key (default: a new UUID)")
+    p.set_defaults(run=c.survey_create)
+    p = survey.add_parser("get", parents=[common], help="show one survey")
+    p.add_argument("survey_id")
+    p.set_defaults(run=c.survey_get)
+    p = survey.add_parser("list", parents=[common], help="list the organization's surveys")
+    p.add_argument("--limit", type=int, default=0, help="stop after this many (0: all)")
+    p.set_defaults(run=c.survey_list)
+    p = survey.add_parser(
+        "import",
+        parents=[common],
+        help="import responses from a CSV export (Google Forms, SurveyMonkey, Typeform, Qualtrics)",
+    )
+    p.add_argument("survey_id", nargs="?", help="the survey to import into (omit with --create)")
+    p.add_argument("--from-csv", required=True, type=Path, help="the CSV export")
+    p.add_argument("--mapping", type=Path, help="JSON file overriding types, ids, attributes")
+    p.add_argument(
+        "--create", action="store_true", help="infer the survey from the CSV and create it"
+    )
+    p.add_argument("--title", help="title of the created survey (default: the file name)")
+    p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--dry-run", action="store_true", help="show the inferred survey, send nothing")
+    p.set_defaults(run=c.survey_import)
+
+    report = sub.add_parser("report", help="generate, follow and fetch reports").add_subparsers(
+        dest="action", required=True
+    )
+    p = report.add_parser("generate", parents=[common], help="start a report")
+    p.add_argument("survey_id")
+    p.add_argument("--kind", choices=["quick", "full"], default="quick")
+    p.add_argument("--segment-by", action="append", default=[], help="attribute to split by")
+    p.add_argument("--include-incomplete", action="store_true")
+    p.add_argument("--notify-email", default="")
+    p.add_argument("--request-id", help="idempotency key (default: a new UUID)")
+    p.add_argument("--watch", action="store_true", help="follow its progress to the end")
+    p.set_defaults(run=c.report_generate)
+    p = report.add_parser("watch", parents=[common], help="follow a report's progress")
+    p.add_argument("report_id")
+    p.add_argument("--after", type=int, default=0, help="start after this event sequence")
+    p.set_defaults(run=c.report_watch)
+    p = report.add_parser("get", parents=[common], help="show a report")
+    p.add_argument("report_id")
+    p.add_argument("--view", choices=["basic", "full"], default="basic")
+    p.set_defaults(run=c.report_get)
+    p = report.add_parser("list", parents=[common], help="list reports")
+    p.add_argument("--survey", default="", help="only reports of this survey")
+    p.add_argument(
+        "--state", choices=["queued", "running", "completed", "failed", "cancelled"], default=None
+    )
+    p.add_argument("--limit", type=int, default=0)
+    p.set_defaults(run=c.report_list)
+    p = report.add_parser("cancel", parents=[common], help="cancel a queued or running report")
+    p.add_argument("report_id")
+    p.add_argument("--reason", default="")
+    p.set_defaults(run=c.report_cancel)
+    p = report.add_parser("render", parents=[common], help="download a report as a file")
+    p.add_argument("report_id")
+    p.add_argument("--format", choices=["pdf", "html", "csv", "json"], default="pdf")
+    p.add_argument("-o", "--out", type=Path, help="file to write (default: report-ID.FORMAT)")
+    p.set_defaults(run=c.report_render)
+
+    notes = sub.add_parser("notifications", help="your notifications").add_subparsers(
+        dest="action", required=True
+    )
+    p = notes.add_parser("list", parents=[common], help="list notifications")
+    p.add_argument("--unread", action="store_true")
+    p.add_argument("--limit", type=int, default=0)
+    p.set_defaults(run=c.notifications_list)
+    p = notes.add_parser("watch", parents=[common], help="print notifications as they arrive")
+    p.add_argument("--after", type=int, default=0, help="replay after this sequence")
+    p.add_argument("--count", type=int, default=0, help="stop after this many (0: never)")
+    p.set_defaults(run=c.notifications_watch)
+    p = notes.add_parser("read", parents=[common], help="mark a notification read")
+    p.add_argument("notification_id")
+    p.set_defaults(run=c.notifications_read)
+
+    hooks = sub.add_parser("webhooks", help="webhook endpoints").add_subparsers(
+        dest="action", required=True
+    )
+    p = hooks.add_parser("add", parents=[common], help="register an endpoint")
+    p.add_argument("url")
+    p.add_argument("--event", action="append", default=[], help="event type filter (report.*)")
+    p.add_argument("--description", default="")
+    p.set_defaults(run=c.webhooks_add)
+    p = hooks.add_parser("list", parents=[common], help="list endpoints")
+    p.set_defaults(run=c.webhooks_list)
+    p = hooks.add_parser("rm", parents=[common], help="delete an endpoint")
+    p.add_argument("endpoint_id")
+    p.set_defaults(run=c.webhooks_rm)
     return parser
+
+
+async def run_client_command(args: argparse.Namespace, settings: Settings) -> int:
+    """Runs one client subcommand; returns the exit code (also usable from tests)."""
+    from surveymesh import cli_commands
+
+    return await cli_commands.run(args, settings)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,9 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"surveymesh: {e}", file=sys.stderr)
         return 2
-    configure_logging(settings, quiet_stderr=args.command == "up")
+    configure_logging(settings, quiet_stderr=args.command != "token")
     if args.command == "token":
         return cmd_token(args, settings)
+    if args.command != "up":
+        try:
+            return asyncio.run(run_client_command(args, settings))
+        except KeyboardInterrupt:
+            return 130
     try:
         return asyncio.run(_up(args, settings))
     except KeyboardInterrupt:
