@@ -24,6 +24,9 @@ _SURVEY_COLUMNS = (
 )
 
 
+_RESPONSE_COLUMNS = ("survey_id", "id", "seq", "completed", "payload")
+
+
 @dataclass(frozen=True, slots=True)
 class SurveyRow:
     """A stored survey, as read from the database."""
@@ -149,48 +152,67 @@ class DeliveryRepository:
     ) -> BatchOutcome:
         """Stores one batch of valid rows ``(id, completed, payload)`` in one transaction.
 
-        The rows are COPYed (binary) into a temporary staging table and moved over with one
-        ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``, so an id stored before, or earlier
-        in the same batch, is counted as a duplicate and never stored twice.
+        An id stored before, or earlier in the same batch, is counted as a duplicate and
+        never stored twice. All rows of a batch get the same ``seq``: they become visible
+        together, at its commit.
 
-        The survey row is locked before the insert: imports to one survey then commit in
-        ``seq`` order, so the survey's ``last_seq`` (the watermark StreamResponses serves)
-        never lies above a ``seq`` that is still to commit.
+        The survey row is locked first: imports to one survey then run one at a time and
+        commit in ``seq`` order, so the survey's ``last_seq`` (the watermark StreamResponses
+        serves) never lies above a ``seq`` that is still to commit, and no other import can
+        insert one of this batch's ids meanwhile. That makes the fast path safe: rows are
+        COPYed (binary) straight into ``responses``, every column given, so PostgreSQL
+        inserts them in bulk. Only if an id turns out to be stored already does the batch
+        go through a staging table and ``INSERT ... ON CONFLICT DO NOTHING``.
         """
         if not rows:
             return BatchOutcome(0, 0)
+        unique: dict[str, tuple[str, bool, bytes]] = {}
+        for row in rows:
+            # The first of several rows with one id wins, as ON CONFLICT would have it.
+            unique.setdefault(row[0], row)
         async with self._pool.acquire() as conn, conn.transaction():
-            # Made once per pooled connection; its rows vanish at every commit or rollback.
-            # (ON COMMIT DROP would churn the catalog once per batch.)
-            await conn.execute(
-                'CREATE TEMP TABLE IF NOT EXISTS import_staging (id text COLLATE "C",'
-                " completed boolean, payload bytea) ON COMMIT DELETE ROWS"
-            )
-            await conn.copy_records_to_table(
-                "import_staging", records=rows, columns=("id", "completed", "payload")
-            )
-            await conn.execute("SELECT 1 FROM surveys WHERE id = $1 FOR NO KEY UPDATE", survey_id)
-            inserted, max_seq = await conn.fetchrow(
-                """
-                WITH ins AS (
-                    INSERT INTO responses (survey_id, id, completed, payload)
-                    SELECT $1, id, completed, payload FROM import_staging
-                    ON CONFLICT (survey_id, id) DO NOTHING
-                    RETURNING seq
-                )
-                SELECT count(*), max(seq) FROM ins
-                """,
+            seq = await conn.fetchval(
+                "SELECT nextval('response_seq') FROM surveys WHERE id = $1 FOR NO KEY UPDATE",
                 survey_id,
             )
+            records = [(survey_id, i, seq, c, p) for i, c, p in unique.values()]
+            try:
+                async with conn.transaction():
+                    await conn.copy_records_to_table(
+                        "responses", records=records, columns=_RESPONSE_COLUMNS
+                    )
+                inserted = len(records)
+            except asyncpg.UniqueViolationError:
+                inserted = await self._insert_new(conn, records)
             if inserted:
                 await conn.execute(
                     "UPDATE surveys SET response_count = response_count + $2,"
                     " last_seq = greatest(last_seq, $3) WHERE id = $1",
                     survey_id,
                     inserted,
-                    max_seq,
+                    seq,
                 )
         return BatchOutcome(inserted=inserted, duplicates=len(rows) - inserted)
+
+    @staticmethod
+    async def _insert_new(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> int:
+        """Inserts the records whose id is not stored yet; returns how many."""
+        # Made once per pooled connection; its rows vanish at every commit or rollback.
+        # (ON COMMIT DROP would churn the catalog once per batch.)
+        await conn.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS import_staging (survey_id uuid,"
+            ' id text COLLATE "C", seq bigint, completed boolean, payload bytea)'
+            " ON COMMIT DELETE ROWS"
+        )
+        await conn.copy_records_to_table(
+            "import_staging", records=records, columns=_RESPONSE_COLUMNS
+        )
+        status = await conn.execute(
+            "INSERT INTO responses (survey_id, id, seq, completed, payload)"
+            " SELECT survey_id, id, seq, completed, payload FROM import_staging"
+            " ON CONFLICT (survey_id, id) DO NOTHING"
+        )
+        return int(status.rsplit(" ", 1)[1])
 
     async def count_responses(
         self, survey_id: uuid.UUID, watermark: int, completed_only: bool

@@ -8,9 +8,12 @@ import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from google.protobuf.message import DecodeError
+
 from delivery_svc import validation
 from delivery_svc.repository import BatchOutcome, DeliveryRepository
 from delivery_svc.surveys import Surveys, questions_of
+from delivery_svc.wire import ImportRequestView, varint
 from surveymesh.auth import WRITE_ROLES, Principal
 from surveymesh.delivery.v1 import delivery_service_pb2 as pb
 from surveymesh.delivery.v1 import response_pb2
@@ -46,24 +49,38 @@ class ImportTally:
 
 
 def _prepare(
-    checker: validation.ResponseChecker,
-    survey_id: str,
-    responses: Sequence[response_pb2.Response],
+    rows_filter: validation.RowFilter,
+    responses: Sequence[bytes],
+    index: int,
     first_row: int,
     tally: ImportTally,
 ) -> list[tuple[str, bool, bytes]]:
-    """Checks one message's rows; returns the valid ones as ``(id, completed, payload)``.
+    """Checks one message's encoded rows; returns the valid ones as ``(id, completed, payload)``.
 
-    Rejected rows are recorded in ``tally``; they never affect their neighbours.
+    Most rows are accepted by the filter's fast path; the others are parsed and checked
+    in full, which decides them and explains a rejection. Rejected rows are recorded in
+    ``tally``; they never affect their neighbours.
+
+    Raises:
+        InvalidArgument: a row is not a well-formed Response (the message is malformed).
     """
     rows: list[tuple[str, bool, bytes]] = []
-    check = checker.check
-    for offset, r in enumerate(responses):
+    accept = rows_filter.accept
+    check = rows_filter.checker.check
+    for offset, raw in enumerate(responses):
+        row = accept(raw)
+        if row is not None:
+            rows.append(row)
+            continue
+        try:
+            r = response_pb2.Response.FromString(raw)
+        except DecodeError:
+            raise _malformed(index) from None
         problem = check(r)
         if problem is None:
-            # Stored with its survey id, so StreamResponses sends the stored bytes as they are.
-            r.survey_id = survey_id
-            rows.append((r.id, r.completed, r.SerializeToString()))
+            # Stored with its survey id (appended: the last occurrence of a field wins),
+            # so StreamResponses sends the stored bytes as they are.
+            rows.append((r.id, r.completed, raw + rows_filter.suffix))
             continue
         tally.rejected += 1
         if len(tally.rejections) < MAX_REJECTIONS:
@@ -79,13 +96,17 @@ def _prepare(
     return rows
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
+def _malformed(index: int) -> InvalidArgument:
+    return InvalidArgument(
+        [
+            FieldViolation(
+                "responses",
+                f"message {index} is not a valid ImportResponsesRequest encoding",
+                "MALFORMED_MESSAGE",
+            )
+        ],
+        reason="MALFORMED_MESSAGE",
+    )
 
 
 def _batch_message(
@@ -98,7 +119,7 @@ def _batch_message(
     """
     parts: list[bytes] = []
     for p in payloads:
-        parts += (b"\n", _varint(len(p)), p)
+        parts += (b"\n", varint(len(p)), p)
     message = pb.StreamResponsesResponse.FromString(b"".join(parts))
     message.snapshot_watermark = watermark
     message.total_count = total
@@ -118,9 +139,13 @@ class Responses:
         self._surveys = surveys
 
     async def import_stream(
-        self, principal: Principal, messages: AsyncIterable[pb.ImportResponsesRequest]
+        self, principal: Principal, messages: AsyncIterable[bytes]
     ) -> pb.ImportResponsesResponse:
         """Imports every message of an ImportResponses stream.
+
+        The messages arrive encoded (``ImportResponsesRequest`` bytes): each row is kept
+        as the bytes it came in, checked by :class:`~delivery_svc.validation.RowFilter`
+        and stored as is, so the common valid row is never decoded into Python objects.
 
         Each message's valid rows are committed on their own, so a stream that breaks keeps
         what was committed, and re-sending it is harmless (stored ids count as duplicates).
@@ -130,19 +155,23 @@ class Responses:
         Raises:
             PermissionDenied: viewers may not import.
             InvalidArgument: no survey id in the first message, another survey id later, an
-                empty stream or a message over 5,000 responses.
+                empty stream, a message over 5,000 responses or one that does not decode.
             NotFound: unknown or foreign survey.
         """
         principal.require(WRITE_ROLES, "importing responses")
         tally = ImportTally()
         survey_id = ""
         sid: uuid.UUID | None = None
-        checker: validation.ResponseChecker | None = None
+        checker: validation.RowFilter | None = None
         row = 0
         pending: asyncio.Task[BatchOutcome] | None = None
         index = 0
         try:
-            async for message in messages:
+            async for encoded in messages:
+                try:
+                    message = ImportRequestView.FromString(encoded)
+                except DecodeError:
+                    raise _malformed(index) from None
                 if checker is None:
                     if not message.survey_id:
                         raise InvalidArgument(
@@ -157,7 +186,7 @@ class Responses:
                         )
                     survey = await self._surveys.get(principal, message.survey_id)
                     survey_id, sid = message.survey_id, survey.id
-                    checker = validation.ResponseChecker(questions_of(survey))
+                    checker = validation.RowFilter(questions_of(survey), survey_id)
                 elif message.survey_id and message.survey_id != survey_id:
                     raise InvalidArgument(
                         [
@@ -169,9 +198,10 @@ class Responses:
                         ],
                         reason="SURVEY_ID_MISMATCH",
                     )
-                validation.check_import_batch(index, len(message.responses))
-                rows = _prepare(checker, survey_id, message.responses, row, tally)
-                row += len(message.responses)
+                responses = message.responses
+                validation.check_import_batch(index, len(responses))
+                rows = _prepare(checker, responses, index, row, tally)
+                row += len(responses)
                 index += 1
                 if pending is not None:
                     tally.add(await pending)

@@ -8,17 +8,16 @@ import asyncpg
 
 from delivery_svc.repository import MIGRATIONS, SCHEMA, DeliveryRepository
 from delivery_svc.responses import Responses
-from delivery_svc.servicer import DeliveryServicer
+from delivery_svc.servicer import SERVICE_NAME, DeliveryServicer, add_to_server
 from delivery_svc.surveys import Surveys
 from surveymesh.auth import TokenAuthority
+from surveymesh.channels import server_credentials
 from surveymesh.config import Settings
 from surveymesh.db import open_database
-from surveymesh.delivery.v1 import delivery_service_pb2_grpc as pb_grpc
 from surveymesh.grpcserver import RunningService, Service, start_server
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = "surveymesh.delivery.v1.DeliveryService"
 DOMAIN = "surveymesh.delivery"
 
 
@@ -46,9 +45,7 @@ async def create_server(
     Returns:
         The running service; ``await stop()`` shuts it down and closes the pool.
     """
-    authority = authority or TokenAuthority(
-        settings.signing_secret(), audience=settings.jwt_audience, issuer=settings.jwt_issuer
-    )
+    authority = authority or TokenAuthority.from_settings(settings)
     pool = await open_database(
         settings.require_database_url(),
         schema=SCHEMA,
@@ -61,7 +58,7 @@ async def create_server(
             [
                 Service(
                     SERVICE_NAME,
-                    pb_grpc.add_DeliveryServiceServicer_to_server,
+                    add_to_server,
                     build_servicer(pool),
                 )
             ],
@@ -69,6 +66,7 @@ async def create_server(
             domain=DOMAIN,
             address=address or f"{settings.bind_host}:{settings.delivery_port}",
             reflection_enabled=settings.reflection,
+            credentials=server_credentials(settings),
         )
     except BaseException:
         await pool.close()

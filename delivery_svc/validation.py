@@ -23,6 +23,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from delivery_svc.wire import AttributeEntryView, varint
 from surveymesh.delivery.v1 import response_pb2, survey_pb2
 from surveymesh.errors import FieldViolation, InvalidArgument, Violations
 
@@ -45,6 +49,7 @@ MAX_SUBJECT = 256
 
 QUESTION_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RESPONSE_ID_RE = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_ID_BYTES_RE = re.compile(rb"[A-Za-z0-9_.:-]{1,128}")
 
 CHOICE_TYPES = frozenset({QT.QUESTION_TYPE_SINGLE_CHOICE, QT.QUESTION_TYPE_MULTIPLE_CHOICE})
 # The Answer.value case that each question type accepts.
@@ -277,8 +282,7 @@ class ResponseChecker:
         specs = self._specs
         answered: set[str] = set()
         i = 0
-        # Each answer costs a few attribute reads of the upb message, and those dominate:
-        # the common, valid case is decided inline; _value_problem explains a failure.
+        # The valid case is decided by _value_ok; _value_problem explains a failure.
         for a in r.answers:
             qid = a.question_id
             spec = specs.get(qid)
@@ -288,23 +292,7 @@ class ResponseChecker:
             case = a.WhichOneof("value")
             if case != spec.case:
                 return _case_problem(i, qid, case, spec.case)
-            if case == "rating":
-                ok = 1 <= a.rating <= 5
-            elif case == "choice":
-                ok = a.choice in spec.options
-            elif case == "nps":
-                ok = 0 <= a.nps <= 10
-            elif case == "text":
-                ok = 0 < len(a.text) <= MAX_TEXT_ANSWER
-            elif case == "number":
-                x = a.number
-                # NaN fails both comparisons; infinities fail the finite bounds or isfinite.
-                ok = spec.min_value <= x <= spec.max_value and math.isfinite(x)
-            else:
-                values = a.choices.values
-                n = len(values)
-                ok = n > 0 and len(set(values)) == n and spec.options.issuperset(values)
-            if not ok:
+            if not _value_ok(a, case, spec):
                 return _value_problem(i, a, spec)
             i += 1
         return self._check_envelope(r, answered)
@@ -377,6 +365,25 @@ class ResponseChecker:
         return None
 
 
+def _value_ok(a: response_pb2.Answer, case: str, spec: _Spec) -> bool:
+    """Whether the value of ``a`` (whose oneof case is ``spec.case``) is acceptable."""
+    if case == "rating":
+        return 1 <= a.rating <= 5
+    if case == "choice":
+        return a.choice in spec.options
+    if case == "nps":
+        return 0 <= a.nps <= 10
+    if case == "text":
+        return 0 < len(a.text) <= MAX_TEXT_ANSWER
+    if case == "number":
+        x = a.number
+        # NaN fails both comparisons; infinities fail the finite bounds or isfinite.
+        return spec.min_value <= x <= spec.max_value and math.isfinite(x)
+    values = a.choices.values
+    n = len(values)
+    return n > 0 and len(set(values)) == n and spec.options.issuperset(values)
+
+
 def _case_problem(i: int, qid: str, case: str | None, expected: str) -> RowProblem:
     if case is None:
         return RowProblem(
@@ -431,3 +438,196 @@ def _value_problem(i: int, a: response_pb2.Answer, spec: _Spec) -> RowProblem:
             )
         picked.add(value)
     raise AssertionError("_value_problem called for a valid choices answer")
+
+
+# RowFilter remembers answers and attribute entries it has seen valid, up to these many
+# distinct byte strings per stream (a few MB at most): repeated values (choices, ratings,
+# scores, plans, regions) are then decided by one dictionary look-up.
+_KNOWN_LIMIT = 100_000
+_KNOWN_MAX_BYTES = 128
+
+
+def _timestamp(encoded: bytes) -> tuple[int, int] | None:
+    """``(seconds, nanos)`` of an encoded Timestamp, or None if malformed or out of range.
+
+    The C parser beats decoding the varints in Python, and is exact for every encoding.
+    """
+    try:
+        ts = Timestamp.FromString(encoded)
+    except DecodeError:
+        return None
+    value = (ts.seconds, ts.nanos)
+    return value if _ts_valid(value) else None
+
+
+def _varint_at(encoded: bytes, pos: int, limit: int) -> tuple[int, int]:
+    """Decodes a varint of at most ``limit`` bytes at ``pos``: ``(value, end)``, or ``(-1, pos)``."""
+    value = shift = 0
+    for end in range(pos, min(pos + limit, len(encoded))):
+        byte = encoded[end]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, end + 1
+        shift += 7
+    return -1, pos
+
+
+def _short_length(encoded: bytes, pos: int) -> tuple[int, int]:
+    """A length of at most 3 varint bytes at ``pos`` (40,000 bytes is the longest valid text)."""
+    return _varint_at(encoded, pos, 3)
+
+
+class RowFilter:
+    """The fast path of an import: accepts serialized Responses that are certainly valid.
+
+    :meth:`accept` walks a row's encoding in its usual layout (slicing bytes, no
+    protobuf objects) and applies the same rules as :meth:`ResponseChecker.check`. It answers "valid" or "not sure", never "invalid": any
+    row it does not accept goes to :meth:`ResponseChecker.check` on the real message, which
+    alone produces rejections, so every reason and field path comes from one place.
+
+    A nested value is only ever trusted after it was parsed as its real type and found
+    valid (then remembered by its bytes), or after matching the exact byte layout of a
+    free-text answer; so an accepted row always parses as a ``Response``.
+
+    Args:
+        questions: The survey's questions.
+        survey_id: Set in every stored row (appended as field 2, which wins on parsing).
+    """
+
+    def __init__(self, questions: Sequence[survey_pb2.Question], survey_id: str) -> None:
+        self.checker = ResponseChecker(questions)
+        self._specs = self.checker._specs
+        self._required = self.checker._required
+        self._known_answers: dict[bytes, str] = {}
+        self._known_entries: set[bytes] = set()
+        # Question id bytes of the free-text questions: the one answer kind whose values
+        # rarely repeat, recognised by layout instead.
+        self._text_ids = {
+            qid.encode(): qid for qid, spec in self._specs.items() if spec.case == "text"
+        }
+        sid = survey_id.encode()
+        self.suffix = b"\x12" + varint(len(sid)) + sid
+
+    def accept(self, raw: bytes) -> tuple[str, bool, bytes] | None:
+        """``(id, completed, payload)`` if the encoded Response ``raw`` is valid, else None.
+
+        None means "not decided here": the caller checks the parsed message instead.
+
+        The walk below reads the fields in their usual encoding (each one once, lengths
+        and flags in short varints, no unknown fields) and gives up on anything else;
+        slicing bytes is far cheaper than reading a parsed message from Python.
+        """
+        n = len(raw)
+        pos = 0
+        rid = b""
+        completed = False
+        start = complete = b""
+        has_start = has_complete = False
+        known = self._known_answers
+        known_entries = self._known_entries
+        answered: set[str] = set()
+        entries = 0
+        try:
+            while pos < n:
+                tag = raw[pos]
+                if tag == 0x28:  # completed (varint)
+                    flag = raw[pos + 1]
+                    if flag > 1:
+                        return None
+                    completed = flag == 1
+                    pos += 2
+                    continue
+                size = raw[pos + 1]
+                pos += 2
+                if size > 0x7F:
+                    size, pos = _short_length(raw, pos - 1)
+                    if size < 0:
+                        return None
+                end = pos + size
+                if end > n:
+                    return None
+                if tag == 0x3A:  # an answer
+                    encoded = raw[pos:end]
+                    qid = known.get(encoded)
+                    if qid is None:
+                        qid = self._learn_answer(encoded)
+                        if qid is None:
+                            return None
+                    if qid in answered:
+                        return None
+                    answered.add(qid)
+                elif tag == 0x32:  # an attribute entry
+                    entry = raw[pos:end]
+                    if entry not in known_entries and not self._learn_entry(entry):
+                        return None
+                    entries += 1
+                elif tag == 0x0A and not rid:  # id (twice: the parser checks both)
+                    rid = raw[pos:end]
+                elif tag == 0x12:  # survey_id: replaced when stored, yet must be UTF-8
+                    try:
+                        raw[pos:end].decode()
+                    except UnicodeDecodeError:
+                        return None
+                elif tag == 0x1A and not has_start:  # start_time (twice would merge)
+                    start, has_start = raw[pos:end], True
+                elif tag == 0x22 and not has_complete:
+                    complete, has_complete = raw[pos:end], True
+                else:
+                    return None
+                pos = end
+        except IndexError:
+            return None
+        if _ID_BYTES_RE.fullmatch(rid) is None or entries > MAX_ATTRIBUTES:
+            return None
+        if completed and not (has_complete and self._required <= answered):
+            return None
+        begin = end_time = None
+        if has_start and (begin := _timestamp(start)) is None:
+            return None
+        if has_complete:
+            end_time = _timestamp(complete)
+            if end_time is None or (begin is not None and end_time < begin):
+                return None
+        return rid.decode(), completed, raw + self.suffix
+
+    def _learn_answer(self, encoded: bytes) -> str | None:
+        """The question id of a valid encoded Answer, or None if it is not (surely) valid."""
+        n = len(encoded)
+        # Free text: exactly field 1 (question id) then field 7 (text), nothing else.
+        if n > 3 and encoded[0] == 0x0A and (size := encoded[1]) < 0x80 and n > size + 3:
+            qid = self._text_ids.get(encoded[2 : 2 + size])
+            if qid is not None and encoded[2 + size] == 0x3A:
+                length, begin = _short_length(encoded, 3 + size)
+                if length > 0 and begin + length == n:
+                    try:
+                        text = encoded[begin:].decode()
+                    except UnicodeDecodeError:
+                        text = ""
+                    if 0 < len(text) <= MAX_TEXT_ANSWER:
+                        return qid
+        try:
+            a = response_pb2.Answer.FromString(encoded)
+        except DecodeError:
+            return None
+        qid = a.question_id
+        spec = self._specs.get(qid)
+        if spec is None:
+            return None
+        case = a.WhichOneof("value")
+        if case != spec.case or not _value_ok(a, case, spec):
+            return None
+        if n <= _KNOWN_MAX_BYTES and len(self._known_answers) < _KNOWN_LIMIT:
+            self._known_answers[encoded] = qid
+        return qid
+
+    def _learn_entry(self, encoded: bytes) -> bool:
+        """Whether an encoded attribute entry is valid (and remembers it if so)."""
+        try:
+            entry = AttributeEntryView.FromString(encoded)
+        except DecodeError:
+            return False
+        if not 1 <= len(entry.key) <= MAX_ATTRIBUTE_KEY or len(entry.value) > MAX_ATTRIBUTE_VALUE:
+            return False
+        if len(encoded) <= _KNOWN_MAX_BYTES and len(self._known_entries) < _KNOWN_LIMIT:
+            self._known_entries.add(encoded)
+        return True

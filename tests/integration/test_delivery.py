@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 
@@ -270,7 +271,7 @@ async def test_missing_or_bad_token_is_unauthenticated(stub: pb_grpc.DeliverySer
             pb.ListSurveysRequest(), metadata=(("authorization", f"Bearer {forged}"),)
         )
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    assert error_details(err.value).reason == "TOKEN_INVALID"
+    assert error_details(err.value).reason == "TOKEN_BAD_SIGNATURE"
 
 
 # -- import --------------------------------------------------------------------------
@@ -567,3 +568,54 @@ async def test_check_survey_access_roles_and_subject(
         )
     )
     assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "INVALID_SURVEY_ID")
+
+
+async def test_import_of_undecodable_message_is_invalid_argument(
+    stub: pb_grpc.DeliveryServiceStub,
+    service: RunningService,
+    token_for: TokenFor,
+    org: str,
+) -> None:
+    meta = token_for(org)
+    survey_id = await create(stub, meta)
+    first = pb.ImportResponsesRequest(survey_id=survey_id, responses=[response("ok-1")])
+    # A Response whose id is not UTF-8: the request does not decode.
+    broken = b"\x12\x04\x0a\x02\xff\xfe"
+    async with grpc.aio.insecure_channel(f"localhost:{service.port}") as channel:
+        call = channel.stream_unary(
+            "/surveymesh.delivery.v1.DeliveryService/ImportResponses",
+            request_serializer=None,
+            response_deserializer=pb.ImportResponsesResponse.FromString,
+        )
+
+        async def messages() -> AsyncIterator[bytes]:
+            yield first.SerializeToString()
+            yield broken
+
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await call(messages(), metadata=meta)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error_details(err.value).reason == "MALFORMED_MESSAGE"
+    assert [v.field for v in error_details(err.value).violations] == ["responses"]
+    # The message before it was committed, as with any stream-level error.
+    stored = [r.id for m in await stream_all(stub, meta, survey_id=survey_id) for r in m.responses]
+    assert stored == ["ok-1"]
+
+
+async def test_import_with_survey_id_in_rows_and_concurrent_duplicates(
+    stub: pb_grpc.DeliveryServiceStub, token_for: TokenFor, org: str
+) -> None:
+    meta = token_for(org)
+    survey_id = await create(stub, meta)
+    # Rows naming another survey id are stored with the stream's survey id.
+    rows = [response(f"c-{i:03d}", survey_id="something else") for i in range(300)]
+    results = await asyncio.gather(
+        *(do_import(stub, meta, survey_id, [rows[:200], rows[100:]]) for _ in range(3))
+    )
+    assert sum(r.accepted_count for r in results) == 300
+    assert sum(r.duplicate_count for r in results) == 3 * 400 - 300
+    stored = [r for m in await stream_all(stub, meta, survey_id=survey_id) for r in m.responses]
+    assert [r.id for r in stored] == [f"c-{i:03d}" for i in range(300)]
+    assert {r.survey_id for r in stored} == {survey_id}
+    survey = (await stub.GetSurvey(pb.GetSurveyRequest(survey_id=survey_id), metadata=meta)).survey
+    assert survey.response_count == 300
