@@ -72,6 +72,8 @@ class BatchWorkflowInput:
     next_index: int = 0
     completed: int = 0
     failed: int = 0
+    # Children started per run before continuing as new (bounds the batch's history).
+    continue_after: int = 100
 
 
 def report_workflow_id(org_id: str, request_id: str) -> str:

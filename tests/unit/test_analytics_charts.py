@@ -1,0 +1,51 @@
+"""Vega-Lite specs built from components are complete and carry the component's data."""
+
+from __future__ import annotations
+
+import orjson
+
+from worker.analytics import charts, stats
+
+
+def _components() -> dict:
+    return {
+        "basic_stats": {"trend": [{"period_start": "2024-05-01T00:00:00+00:00", "count": 3}]},
+        "question_stats": {
+            "questions": [
+                {"question_id": "q1", "text": "Plan?", "type": "single_choice",
+                 **stats.choice_distribution({"a": 2, "b": 1}, ["a", "b"], answered=3)},
+                {"question_id": "q2", "text": "Rate", "type": "rating",
+                 "distribution": stats.integer_distribution([1, 5, 5], 1, 5)},
+                {"question_id": "q3", "text": "Age", "type": "number",
+                 "summary": stats.numeric_summary([1.0, 2.0, 3.0], bins=3)},
+                {"question_id": "q4", "text": "Why?", "type": "free_text"},
+            ]
+        },
+        "nps": {"questions": [{"question_id": "q5", "text": "Recommend?", **stats.nps([10, 9, 3])}]},
+        "csat": {"questions": [{"question_id": "q2", "text": "Rate", **stats.csat([1, 5, 5])}]},
+        "sentiment": {"questions": [{"question_id": "q4", "n": 2, "percent": {"positive": 50.0}}]},
+        "themes": {"questions": [{"question_id": "q4", "themes": [{"name": "price", "share": 0.5}]}]},
+    }  # fmt: skip
+
+
+def test_build_all_makes_one_chart_per_figure() -> None:
+    specs = charts.build_all(_components())
+    ids = [c["id"] for c in specs]
+    assert ids == [
+        "response_trend", "question:q1", "question:q2", "question:q3",
+        "nps:q5", "csat", "sentiment:q4", "themes:q4",
+    ]  # fmt: skip
+    for c in specs:
+        spec = c["spec"]
+        assert spec["$schema"] == charts.SCHEMA
+        assert spec["data"]["values"], c["id"]
+        assert "mark" in spec and "encoding" in spec
+        orjson.dumps(spec)  # plain JSON
+    q1 = specs[1]["spec"]
+    assert [v["option"] for v in q1["data"]["values"]] == ["a", "b"]
+    assert q1["encoding"]["y"]["sort"] == ["a", "b"]
+
+
+def test_missing_components_give_no_charts() -> None:
+    assert charts.build_all({}) == []
+    assert charts.build_all({"nps": {"questions": [{"question_id": "x", "n": 0}]}}) == []

@@ -1,0 +1,195 @@
+"""Builds the worker: one Temporal ``Worker`` per selected task queue, sharing one set of
+activities (one DB pool, one channel per peer, one token cache).
+
+Queues:
+    quick: QuickReportWorkflow, FullReportWorkflow and every non-AI activity.
+    ai:    the sentiment and themes activities, at most ``settings.ai_concurrency`` at once.
+    batch: BatchReportWorkflow.
+
+A deployment can run specialised workers (``SURVEYMESH_WORKER_QUEUES=reporting-ai``) and
+scale each queue on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
+from types import TracebackType
+from typing import Self
+
+import asyncpg
+import grpc
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from reporting_svc import store
+from surveymesh.auth import TokenAuthority
+from surveymesh.config import ConfigError, Settings
+from surveymesh.db import open_database
+from surveymesh.delivery.v1 import delivery_service_pb2_grpc as dgrpc
+from surveymesh.notification.v1 import notification_service_pb2_grpc as ngrpc
+from surveymesh.workflow_contract import AI_QUEUE, ALL_QUEUES, BATCH_QUEUE, QUICK_QUEUE
+from worker.activities import SNAPSHOT_BATCH, ReportActivities
+from worker.peers import ServiceTokens
+from worker.workflows import BatchReportWorkflow, FullReportWorkflow, QuickReportWorkflow
+
+log = logging.getLogger(__name__)
+
+
+class RunningWorker:
+    """The workers of one process and what to close after them.
+
+    Use it either as ``await w.run()`` (until :meth:`shutdown` is called from elsewhere,
+    e.g. a signal handler) or as an async context manager that polls in the background
+    and shuts down gracefully on exit::
+
+        async with await create_worker(settings, client) as w:
+            ...
+    """
+
+    def __init__(
+        self,
+        workers: Sequence[Worker],
+        activities: ReportActivities,
+        cleanups: Sequence[Callable[[], Awaitable[None]]],
+    ) -> None:
+        self.workers = list(workers)
+        self.activities = activities
+        self._cleanups = list(cleanups)
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def task_queues(self) -> list[str]:
+        """The task queues polled."""
+        return [w.task_queue for w in self.workers]
+
+    async def run(self) -> None:
+        """Polls every queue until :meth:`shutdown`; fails if any worker fails."""
+        await asyncio.gather(*(w.run() for w in self.workers))
+
+    def start(self) -> None:
+        """Starts :meth:`run` in the background."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run(), name="surveymesh-worker")
+
+    async def shutdown(self) -> None:
+        """Stops polling, lets running activities finish within the graceful timeout,
+        then closes the pool and channels. Safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.gather(*(w.shutdown() for w in self.workers if w.is_running))
+        if self._task is not None:
+            try:
+                await self._task
+            except Exception:
+                log.exception("worker stopped with an error")
+        for cleanup in self._cleanups:
+            try:
+                await cleanup()
+            except Exception:
+                log.exception("cleanup failed")
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.shutdown()
+
+
+async def create_worker(
+    settings: Settings,
+    client: Client,
+    *,
+    queues: Sequence[str] = ALL_QUEUES,
+    pool: asyncpg.Pool | None = None,
+    snapshot_batch_size: int = SNAPSHOT_BATCH,
+    graceful_shutdown: timedelta | None = None,
+) -> RunningWorker:
+    """Creates (but does not start) the workers for ``queues``.
+
+    Args:
+        settings: Process settings: database, peers, task queue prefix, AI concurrency.
+        client: A connected Temporal client.
+        queues: Which of ``reporting-quick``, ``reporting-ai``, ``reporting-batch`` to poll
+            (bare names; the prefix is applied here).
+        pool: An open reporting pool to use instead of opening one (it is then not closed).
+        snapshot_batch_size: Responses per snapshot batch.
+        graceful_shutdown: How long running activities get on shutdown (default
+            ``settings.grace_seconds``).
+
+    Raises:
+        ConfigError: an unknown queue name or missing settings.
+    """
+    unknown = set(queues) - set(ALL_QUEUES)
+    if unknown:
+        raise ConfigError(f"unknown worker queues {sorted(unknown)}; known: {list(ALL_QUEUES)}")
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+    if pool is None:
+        pool = await open_database(
+            settings.require_database_url(),
+            schema=store.SCHEMA,
+            migrations=store.MIGRATIONS,
+            min_size=settings.db_pool_min,
+            max_size=settings.db_pool_max,
+        )
+        cleanups.append(pool.close)
+    delivery_channel = grpc.aio.insecure_channel(settings.peer("delivery"))
+    notification_channel = grpc.aio.insecure_channel(settings.peer("notification"))
+    cleanups.append(delivery_channel.close)
+    cleanups.append(notification_channel.close)
+    authority = TokenAuthority(
+        settings.signing_secret(), audience=settings.jwt_audience, issuer=settings.jwt_issuer
+    )
+    activities = ReportActivities(
+        pool,
+        dgrpc.DeliveryServiceStub(delivery_channel),
+        ngrpc.NotificationServiceStub(notification_channel),
+        ServiceTokens(authority),
+        settings,
+        snapshot_batch_size=snapshot_batch_size,
+    )
+    grace = (
+        graceful_shutdown
+        if graceful_shutdown is not None
+        else timedelta(seconds=settings.grace_seconds)
+    )
+    workers = []
+    for queue in dict.fromkeys(queues):
+        name = settings.task_queue(queue)
+        if queue == QUICK_QUEUE:
+            worker = Worker(
+                client,
+                task_queue=name,
+                workflows=[QuickReportWorkflow, FullReportWorkflow],
+                activities=activities.quick_activities(),
+                graceful_shutdown_timeout=grace,
+            )
+        elif queue == AI_QUEUE:
+            worker = Worker(
+                client,
+                task_queue=name,
+                activities=activities.ai_activities(),
+                max_concurrent_activities=max(1, settings.ai_concurrency),
+                graceful_shutdown_timeout=grace,
+            )
+        else:
+            assert queue == BATCH_QUEUE
+            worker = Worker(
+                client,
+                task_queue=name,
+                workflows=[BatchReportWorkflow],
+                graceful_shutdown_timeout=grace,
+            )
+        workers.append(worker)
+        log.info("worker polls %s", name)
+    return RunningWorker(workers, activities, cleanups)
