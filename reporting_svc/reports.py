@@ -11,13 +11,13 @@ import asyncio
 import dataclasses
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import grpc
-import orjson
 from google.protobuf import json_format, timestamp_pb2
 from temporalio.client import Client
 from temporalio.common import (
@@ -33,6 +33,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from reporting_svc import repository as repo
 from reporting_svc import store
 from reporting_svc.events import EventHub
+from reporting_svc.render import Format, Rendered, ReportDocument, StoredComponent, render
+from reporting_svc.render.pool import RenderPool
 from reporting_svc.validation import ListFilter, ReportSpec
 from surveymesh.auth import WRITE_ROLES, Principal
 from surveymesh.config import Settings
@@ -46,7 +48,6 @@ from surveymesh.errors import (
     PermissionDenied,
     Unauthenticated,
     Unavailable,
-    Unimplemented,
 )
 from surveymesh.paging import decode_token, encode_token
 from surveymesh.reporting.v1 import report_pb2
@@ -87,6 +88,8 @@ WATCH_POLL_SECONDS = 15.0
 FULL_VIEW_DATA_BUDGET = 3 * 1024 * 1024
 # RenderReport chunks stay under 1 MiB per message including the header fields.
 RENDER_CHUNK = 1024 * 1024 - 4096
+# Renderings of completed reports kept per process (they never change).
+RENDER_CACHE_BYTES = 64 * 1024 * 1024
 # Concurrent CheckSurveyAccess calls of one GenerateReports.
 ACCESS_CHECK_CONCURRENCY = 16
 _TRANSIENT_TEMPORAL = frozenset(
@@ -212,8 +215,9 @@ class Reports:
         pool: The reporting database.
         temporal: Starts and cancels workflows.
         delivery: DeliveryService stub, for survey access checks.
-        hub: The process's LISTEN hub (WatchReport).
+        hub: The process's LISTEN hub (WatchReport, the viewer's live updates).
         settings: Task queue names.
+        renderer: Runs renderings off the event loop; by default in threads.
     """
 
     def __init__(
@@ -223,8 +227,11 @@ class Reports:
         delivery: dpb_grpc.DeliveryServiceStub,
         hub: EventHub,
         settings: Settings,
+        renderer: RenderPool | None = None,
     ) -> None:
         self._pool = pool
+        self._renderer = renderer or RenderPool(0)
+        self._rendered = RenderCache(RENDER_CACHE_BYTES)
         self._temporal = temporal
         self._delivery = delivery
         self._hub = hub
@@ -644,39 +651,65 @@ class Reports:
 
     # -- rendering ---------------------------------------------------------------------
 
-    async def render(
-        self, principal: Principal, report_id: str, fmt: int
-    ) -> AsyncIterator[pb.RenderReportResponse]:
-        """Renders a COMPLETED report, streamed in chunks of under 1 MiB.
+    async def document(
+        self, principal: Principal, report_id: str, *, completed_only: bool
+    ) -> ReportDocument:
+        """The report with all its stored components, read in one consistent snapshot.
 
-        Only JSON exists so far; HTML, PDF and CSV answer UNIMPLEMENTED.
+        Raises:
+            NotFound: unknown, foreign or hidden report (REPORT_NOT_FOUND).
+            FailedPrecondition: ``completed_only`` and the report is not COMPLETED.
         """
         async with (
             self._pool.acquire() as conn,
             conn.transaction(isolation="repeatable_read", readonly=True),
         ):
             row = await self._get_row(conn, principal, report_id)
-            if fmt != F.RENDER_FORMAT_JSON:
-                raise Unimplemented(
-                    f"{F.Name(F.ValueType(fmt))} rendering is not available yet",
-                    reason="FORMAT_NOT_AVAILABLE",
-                )
-            if row["state"] != S.REPORT_STATE_COMPLETED:
+            if completed_only and row["state"] != S.REPORT_STATE_COMPLETED:
                 raise FailedPrecondition(
                     "only a COMPLETED report can be rendered",
                     reason="REPORT_NOT_COMPLETED",
                     metadata={"state": S.Name(row["state"])},
                 )
             comps = await repo.components(conn, report_id, with_data=True)
-        body = render_json(report_to_pb(row), comps)
-        del comps
+            title = await repo.survey_title(conn, report_id)
+        return document_of(row, comps, title)
+
+    async def render_file(self, principal: Principal, report_id: str, fmt: int) -> Rendered:
+        """Renders a COMPLETED report as a whole file, off the event loop.
+
+        A completed report never changes (nothing is appended after the terminal event), so
+        renderings are cached by report, format and last sequence: a second download of
+        the same PDF costs no rendering. Access is checked on every call.
+        """
+        name = FORMAT_NAMES[fmt]
+        row = await self._get_row(self._pool, principal, report_id)
+        key = (report_id, name, int(row["last_sequence"]))
+        cached = self._rendered.get(key)
+        if cached is not None and row["state"] == S.REPORT_STATE_COMPLETED:
+            return cached
+        doc = await self.document(principal, report_id, completed_only=True)
+        if name == "json":
+            # Splicing stored JSON is cheap and needs no worker process.
+            rendered = await asyncio.to_thread(render, doc, name)
+        else:
+            rendered = await self._renderer.run(render, doc, name)
+        self._rendered.put(key, rendered)
+        return rendered
+
+    async def render(
+        self, principal: Principal, report_id: str, fmt: int
+    ) -> AsyncIterator[pb.RenderReportResponse]:
+        """Renders a COMPLETED report, streamed in chunks of under 1 MiB."""
+        rendered = await self.render_file(principal, report_id, fmt)
+        body = rendered.body
         total = len(body)
         for offset in range(0, max(total, 1), RENDER_CHUNK):
             chunk = body[offset : offset + RENDER_CHUNK]
             if offset == 0:
                 yield pb.RenderReportResponse(
-                    content_type="application/json",
-                    filename=f"report-{report_id}.json",
+                    content_type=rendered.content_type,
+                    filename=rendered.filename,
                     total_size=total,
                     chunk=chunk,
                     offset=0,
@@ -685,27 +718,52 @@ class Reports:
                 yield pb.RenderReportResponse(chunk=chunk, offset=offset)
 
 
-def render_json(report: report_pb2.Report, components: Sequence[asyncpg.Record]) -> bytes:
-    """The report as one JSON document: its fields plus every component's data as JSON.
+class RenderCache:
+    """A least-recently-used cache of renderings, bounded by their total size in bytes."""
 
-    Component data is stored as UTF-8 JSON and spliced in verbatim (``orjson.Fragment``), so
-    rendering a large report never parses and re-encodes its components.
-    """
-    fields = json_format.MessageToDict(report, preserving_proto_field_name=True)
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, str, int], Rendered] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple[str, str, int]) -> Rendered | None:
+        """The cached rendering, now the most recently used, or None."""
+        item = self._items.get(key)
+        if item is not None:
+            self._items.move_to_end(key)
+        return item
+
+    def put(self, key: tuple[str, str, int], value: Rendered) -> None:
+        """Caches ``value`` (unless it alone exceeds a quarter of the budget)."""
+        size = len(value.body)
+        if size > self.max_bytes // 4 or key in self._items:
+            return
+        self._items[key] = value
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= len(old.body)
+
+
+FORMAT_NAMES: dict[int, Format] = {
+    F.RENDER_FORMAT_HTML: "html",
+    F.RENDER_FORMAT_PDF: "pdf",
+    F.RENDER_FORMAT_CSV: "csv",
+    F.RENDER_FORMAT_JSON: "json",
+}
+
+
+def document_of(
+    row: asyncpg.Record, components: Sequence[asyncpg.Record], title: str = ""
+) -> ReportDocument:
+    """A report row and its component rows as a (picklable) :class:`ReportDocument`."""
+    fields = json_format.MessageToDict(report_to_pb(row), preserving_proto_field_name=True)
     fields.pop("components", None)
-    doc = {
-        "report": fields,
-        "components": {
-            c["component_type"]: {
-                "schema_version": c["schema_version"],
-                "create_time": c["create_time"].isoformat(),
-                "size_bytes": c["size_bytes"],
-                "data": orjson.Fragment(bytes(c["data"])) if c["size_bytes"] else None,
-            }
-            for c in components
-        },
-    }
-    return orjson.dumps(doc)
+    return ReportDocument(
+        report=fields,
+        components=tuple(StoredComponent.from_row(c) for c in components),
+        title=title,
+    )
 
 
 def _options_input(options: dict[str, Any]) -> ReportOptionsInput:

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from reporting_svc import validation
+from reporting_svc.ratelimit import OrgRateLimiter
 from reporting_svc.reports import Reports
 from surveymesh.auth import current_principal
 from surveymesh.grpcserver import time_remaining
@@ -37,15 +38,18 @@ def _auth(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str], ...]:
 class ReportingServicer(pb_grpc.ReportingServiceServicer):
     """Implements ``surveymesh.reporting.v1.ReportingService``."""
 
-    def __init__(self, reports: Reports) -> None:
+    def __init__(self, reports: Reports, limiter: OrgRateLimiter | None = None) -> None:
         self._reports = reports
+        self._limiter = limiter or OrgRateLimiter(0)
 
     async def GenerateReport(
         self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateReportResponse:
         spec = validation.generate_report(request)
+        principal = current_principal()
+        self._limiter.take(principal.org)
         report = await self._reports.generate(
-            current_principal(),
+            principal,
             spec,
             _auth(context),
             peer_timeout=time_remaining(context, PEER_TIMEOUT),
@@ -57,8 +61,10 @@ class ReportingServicer(pb_grpc.ReportingServiceServicer):
         self, request: pb.GenerateReportsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GenerateReportsResponse:
         spec = validation.generate_reports(request)
+        principal = current_principal()
+        self._limiter.take(principal.org, cost=len(request.survey_ids))
         return await self._reports.generate_batch(
-            current_principal(),
+            principal,
             spec,
             _auth(context),
             peer_timeout=time_remaining(context, BATCH_PEER_TIMEOUT),

@@ -89,9 +89,12 @@ async def _run_demo(settings: Settings, count: int) -> tuple[str, str]:
         task = progress.add_task("report", total=100, stage="importing responses")
 
         def on_event(event: report_pb2.ReportEvent) -> None:
-            label = (
-                event.stage or event.component_type or report_pb2.ReportEventType.Name(event.type)
-            )
+            # "statistics", "themes ready", "completed": what a person wants to read.
+            kind = report_pb2.ReportEventType.Name(event.type).removeprefix("REPORT_EVENT_TYPE_")
+            if event.component_type:
+                label = f"{event.component_type} ready"
+            else:
+                label = event.stage or kind.replace("_", " ")
             progress.update(task, completed=event.progress_percent, stage=label.lower())
 
         survey_id, report_id = await load_and_report(
@@ -114,7 +117,9 @@ async def _up(args: argparse.Namespace, settings: Settings) -> int:
         if args.demo:
             survey_id, report_id = await _run_demo(settings, args.demo_responses)
             print(f"\nDemo survey {survey_id}: report {report_id} is ready.")
-            print(f"  Viewer: {settings.viewer_url}/reports/{report_id}")
+            # A viewer token in the link signs the browser in (dev mode, which `up` turns on).
+            link_token = _authority(settings).mint(org=DEMO_ORG, user=DEMO_USER, roles=["viewer"])
+            print(f"  Viewer: {settings.viewer_url}/reports/{report_id}?token={link_token}")
             print(_grpcurl_hints(settings, survey_id, report_id))
             if args.exit_after_demo:
                 stop.set()

@@ -49,6 +49,13 @@ def _bool(env: dict[str, str], name: str, default: bool) -> bool:
     raise ConfigError(f"{name} must be a boolean (true/false), got {raw!r}")
 
 
+def _list(env: dict[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     """All settings of a SurveyMesh process.
@@ -63,7 +70,9 @@ class Settings:
     delivery_port: int = 50052  # SURVEYMESH_DELIVERY_PORT
     notification_port: int = 50053  # SURVEYMESH_NOTIFICATION_PORT
     web_port: int = 8080  # SURVEYMESH_WEB_PORT
-    metrics_port: int = 9464  # SURVEYMESH_METRICS_PORT
+    metrics_port: int = 9464  # SURVEYMESH_METRICS_PORT: Prometheus /metrics; 0 turns it off
+    # SURVEYMESH_TEMPORAL_METRICS_PORT: the worker's Temporal SDK metrics (Prometheus); 0: off
+    temporal_metrics_port: int = 9465
     postgres_port: int = 55432  # SURVEYMESH_POSTGRES_PORT: the embedded PostgreSQL
     # Where peers are reached; default to the local ports above.
     reporting_address: str = ""  # SURVEYMESH_REPORTING_ADDRESS
@@ -80,6 +89,33 @@ class Settings:
     jwt_secret: str = ""  # SURVEYMESH_JWT_SECRET (else the data dir's jwt-secret file)
     jwt_audience: str = "surveymesh"  # SURVEYMESH_JWT_AUDIENCE
     jwt_issuer: str = "surveymesh"  # SURVEYMESH_JWT_ISSUER
+    # SURVEYMESH_JWT_JWKS_FILE: a JWKS (RFC 7517) of verification keys, each with a `kid`;
+    # several keys at once allow rotation. RS256/ES256 public keys in production.
+    jwt_jwks_file: str = ""
+    # SURVEYMESH_JWT_ALGORITHMS (comma list): the accepted `alg`s; default HS256 without a
+    # JWKS file, else the JWKS keys' algorithms. `none` is never accepted.
+    jwt_algorithms: tuple[str, ...] = field(default=())
+    # SURVEYMESH_JWT_SIGNING_KEY_FILE: a private JWK (with `kid`) that this process signs
+    # tokens with (the worker's service tokens, the CLI); default: the HS256 secret.
+    jwt_signing_key_file: str = ""
+    # TLS for the gRPC servers and client channels (paths to PEM files). With a cert and key
+    # the servers speak TLS; with a CA as well, clients verify servers against it and
+    # SURVEYMESH_TLS_CLIENT_AUTH=require makes servers demand client certificates (mTLS).
+    tls_cert: str = ""  # SURVEYMESH_TLS_CERT
+    tls_key: str = ""  # SURVEYMESH_TLS_KEY
+    tls_ca: str = ""  # SURVEYMESH_TLS_CA
+    tls_client_auth: str = ""  # SURVEYMESH_TLS_CLIENT_AUTH: "" (none) | require
+    plaintext: bool = True  # SURVEYMESH_PLAINTEXT: false refuses to start without TLS
+    # SURVEYMESH_PAYLOAD_KEYS: Temporal payload encryption keys, `kid:base64key` comma list
+    # (the last one encrypts, all decrypt); default: a key file made in the data dir.
+    payload_keys: str = ""
+    codec_port: int = 8234  # SURVEYMESH_CODEC_PORT: the Temporal remote-codec endpoint
+    # SURVEYMESH_CODEC_CORS_ORIGINS (comma list): browser origins allowed to call the codec
+    # endpoint (the Temporal UI).
+    codec_cors_origins: tuple[str, ...] = ("http://localhost:8233",)
+    # SURVEYMESH_REPORT_RATE: reports an organization may request per minute (per Reporting
+    # replica); 0 turns the limit off.
+    report_rate: float = 600.0
     grace_seconds: float = 10.0  # SURVEYMESH_GRACE_SECONDS: graceful shutdown window
     reflection: bool = True  # SURVEYMESH_REFLECTION: gRPC server reflection on/off
     worker_queues: tuple[str, ...] = field(default=())  # SURVEYMESH_WORKER_QUEUES (comma list)
@@ -87,12 +123,25 @@ class Settings:
     # (or tests) can share one Temporal namespace without stealing each other's tasks.
     task_queue_prefix: str = ""
     ai_concurrency: int = 4  # SURVEYMESH_AI_CONCURRENCY: concurrent AI activities per worker
+    # SURVEYMESH_SNAPSHOT_BATCH: responses per snapshot message from Delivery (1..5000).
+    snapshot_batch: int = 2000
     smtp_url: str = ""  # SMTP_URL: smtp://user:pass@host:port; empty writes an outbox
     email_from: str = "SurveyMesh <reports@surveymesh.local>"  # SURVEYMESH_EMAIL_FROM
-    allow_private_webhooks: bool = True  # SURVEYMESH_ALLOW_PRIVATE_WEBHOOKS (false in production)
+    # SURVEYMESH_ALLOW_PRIVATE_WEBHOOKS: true (the development default) lets webhooks reach
+    # private, loopback and link-local addresses. Production MUST set false (deploy/ does):
+    # then URLs are refused at registration and re-resolved and refused at every attempt,
+    # so a webhook cannot reach cloud metadata or internal services (SSRF).
+    allow_private_webhooks: bool = True
     openai_api_key: str = ""  # OPENAI_API_KEY: empty uses the local analyzers
     openai_base_url: str = ""  # OPENAI_BASE_URL
     openai_model: str = "gpt-4o-mini"  # SURVEYMESH_OPENAI_MODEL
+    openai_timeout: float = 60.0  # SURVEYMESH_OPENAI_TIMEOUT: seconds per AI request
+    openai_max_retries: int = 2  # SURVEYMESH_OPENAI_MAX_RETRIES: client retries (429, 5xx)
+    # SURVEYMESH_DEV_MODE: development conveniences, e.g. the web viewer's ?token= sign-in
+    # links. Off unless set; `surveymesh up` sets it for the mesh it runs.
+    dev_mode: bool = False
+    # SURVEYMESH_RENDER_PROCESSES: worker processes rendering HTML/PDF/CSV (0: threads).
+    render_processes: int = 2
     log_format: str = "text"  # SURVEYMESH_LOG_FORMAT: text | json
     log_level: str = "INFO"  # SURVEYMESH_LOG_LEVEL
 
@@ -111,6 +160,12 @@ class Settings:
         log_format = e.get("SURVEYMESH_LOG_FORMAT", d.log_format)
         if log_format not in {"text", "json"}:
             raise ConfigError(f"SURVEYMESH_LOG_FORMAT must be text or json, got {log_format!r}")
+        tls_client_auth = e.get("SURVEYMESH_TLS_CLIENT_AUTH", "").lower()
+        if tls_client_auth not in {"", "none", "require"}:
+            raise ConfigError(
+                f"SURVEYMESH_TLS_CLIENT_AUTH must be 'require' or empty, got {tls_client_auth!r}"
+            )
+        tls_client_auth = "" if tls_client_auth == "none" else tls_client_auth
         return cls(
             data_dir=Path(e.get("SURVEYMESH_DATA_DIR") or d.data_dir),
             bind_host=e.get("SURVEYMESH_BIND_HOST") or d.bind_host,
@@ -119,6 +174,9 @@ class Settings:
             notification_port=_int(e, "SURVEYMESH_NOTIFICATION_PORT", d.notification_port),
             web_port=_int(e, "SURVEYMESH_WEB_PORT", d.web_port),
             metrics_port=_int(e, "SURVEYMESH_METRICS_PORT", d.metrics_port),
+            temporal_metrics_port=_int(
+                e, "SURVEYMESH_TEMPORAL_METRICS_PORT", d.temporal_metrics_port
+            ),
             postgres_port=_int(e, "SURVEYMESH_POSTGRES_PORT", d.postgres_port),
             reporting_address=e.get("SURVEYMESH_REPORTING_ADDRESS", ""),
             delivery_address=e.get("SURVEYMESH_DELIVERY_ADDRESS", ""),
@@ -135,11 +193,24 @@ class Settings:
             jwt_secret=e.get("SURVEYMESH_JWT_SECRET", ""),
             jwt_audience=e.get("SURVEYMESH_JWT_AUDIENCE") or d.jwt_audience,
             jwt_issuer=e.get("SURVEYMESH_JWT_ISSUER") or d.jwt_issuer,
+            jwt_jwks_file=e.get("SURVEYMESH_JWT_JWKS_FILE", ""),
+            jwt_algorithms=_list(e, "SURVEYMESH_JWT_ALGORITHMS", d.jwt_algorithms),
+            jwt_signing_key_file=e.get("SURVEYMESH_JWT_SIGNING_KEY_FILE", ""),
+            tls_cert=e.get("SURVEYMESH_TLS_CERT", ""),
+            tls_key=e.get("SURVEYMESH_TLS_KEY", ""),
+            tls_ca=e.get("SURVEYMESH_TLS_CA", ""),
+            tls_client_auth=tls_client_auth,
+            plaintext=_bool(e, "SURVEYMESH_PLAINTEXT", d.plaintext),
+            payload_keys=e.get("SURVEYMESH_PAYLOAD_KEYS", ""),
+            codec_port=_int(e, "SURVEYMESH_CODEC_PORT", d.codec_port),
+            codec_cors_origins=_list(e, "SURVEYMESH_CODEC_CORS_ORIGINS", d.codec_cors_origins),
+            report_rate=_float(e, "SURVEYMESH_REPORT_RATE", d.report_rate),
             grace_seconds=_float(e, "SURVEYMESH_GRACE_SECONDS", d.grace_seconds),
             reflection=_bool(e, "SURVEYMESH_REFLECTION", d.reflection),
             worker_queues=queues,
             task_queue_prefix=e.get("SURVEYMESH_TASK_QUEUE_PREFIX", ""),
             ai_concurrency=_int(e, "SURVEYMESH_AI_CONCURRENCY", d.ai_concurrency),
+            snapshot_batch=_int(e, "SURVEYMESH_SNAPSHOT_BATCH", d.snapshot_batch),
             smtp_url=e.get("SMTP_URL", ""),
             email_from=e.get("SURVEYMESH_EMAIL_FROM") or d.email_from,
             allow_private_webhooks=_bool(
@@ -148,6 +219,10 @@ class Settings:
             openai_api_key=e.get("OPENAI_API_KEY", ""),
             openai_base_url=e.get("OPENAI_BASE_URL", ""),
             openai_model=e.get("SURVEYMESH_OPENAI_MODEL") or d.openai_model,
+            openai_timeout=_float(e, "SURVEYMESH_OPENAI_TIMEOUT", d.openai_timeout),
+            openai_max_retries=_int(e, "SURVEYMESH_OPENAI_MAX_RETRIES", d.openai_max_retries),
+            dev_mode=_bool(e, "SURVEYMESH_DEV_MODE", d.dev_mode),
+            render_processes=_int(e, "SURVEYMESH_RENDER_PROCESSES", d.render_processes),
             log_format=log_format,
             log_level=(e.get("SURVEYMESH_LOG_LEVEL") or d.log_level).upper(),
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -37,6 +38,18 @@ SERVICES = (
     ("worker", "worker", None, "surveymesh_reporting"),
 )
 MAX_RESTARTS_PER_MINUTE = 5
+
+
+def metrics_ports(settings: Settings) -> dict[str, int]:
+    """The Prometheus port of each child of ``up``: ``SURVEYMESH_METRICS_PORT`` plus the
+    child's place in :data:`SERVICES`, then the worker's Temporal SDK metrics
+    (``temporal-sdk``). Empty when ``SURVEYMESH_METRICS_PORT=0``."""
+    base = settings.metrics_port
+    if base <= 0:
+        return {}
+    ports = {name: base + i for i, (name, *_) in enumerate(SERVICES)}
+    ports["temporal-sdk"] = base + len(SERVICES)
+    return ports
 
 
 @dataclass
@@ -140,12 +153,14 @@ class Mesh:
             "TEMPORAL_ADDRESS": self.temporal_address,
             "TEMPORAL_NAMESPACE": self.settings.temporal_namespace,
             "PYTHONUNBUFFERED": "1",
+            # A one-machine mesh is a development mesh: the viewer accepts ?token= links.
+            "SURVEYMESH_DEV_MODE": self.env.get("SURVEYMESH_DEV_MODE", "true"),
         }
         for name, module, port_attr, database in SERVICES:
             child = Child(
                 name=name,
                 module=module,
-                env={**base, "DATABASE_URL": databases[database]},
+                env={**base, "DATABASE_URL": databases[database], **self._metrics_env(name)},
                 log_path=self.data_dir / "logs" / f"{name}.log",
                 health_port=getattr(self.settings, port_attr) if port_attr else None,
             )
@@ -187,6 +202,22 @@ class Mesh:
         await self.temporal.start()
         self.temporal_address = self.temporal.address
 
+    def _metrics_env(self, child: str) -> dict[str, str]:
+        ports = metrics_ports(self.settings)
+        env = {"SURVEYMESH_METRICS_PORT": str(ports.get(child, 0))}
+        if child == "worker":
+            env["SURVEYMESH_TEMPORAL_METRICS_PORT"] = str(ports.get("temporal-sdk", 0))
+        return env
+
+    def trace_output(self) -> str:
+        """Where the children's spans go (the same rule as :mod:`surveymesh.telemetry`)."""
+        from surveymesh.telemetry import trace_destination
+
+        dev = self.env.get("SURVEYMESH_DEV_MODE", "true").lower() in {"1", "true", "yes", "on"}
+        settings = dataclasses.replace(self.settings, dev_mode=dev, data_dir=self.data_dir)
+        where = trace_destination(settings, "SERVICE", self.env)
+        return where.replace("SERVICE.jsonl", "<service>.jsonl (JSON lines)")
+
     def endpoints(self) -> list[tuple[str, str]]:
         """What a user can connect to, as (what, where) pairs."""
         s = self.settings
@@ -194,12 +225,17 @@ class Mesh:
             ("ReportingService (gRPC)", f"localhost:{s.reporting_port}"),
             ("DeliveryService (gRPC)", f"localhost:{s.delivery_port}"),
             ("NotificationService (gRPC)", f"localhost:{s.notification_port}"),
+            ("Report viewer (HTTP)", s.viewer_url),
             ("Temporal frontend", self.temporal_address),
         ]
         if self.temporal and self.temporal.ui_url:
             rows.append(("Temporal Web UI", self.temporal.ui_url))
         if self.postgres:
             rows.append(("PostgreSQL", self.postgres.dsn("<db>")))
+        for name, port in metrics_ports(s).items():
+            what = "Temporal SDK metrics" if name == "temporal-sdk" else f"Metrics ({name})"
+            rows.append((what, f"http://localhost:{port}/metrics"))
+        rows.append(("Traces", self.trace_output()))
         rows.append(("Logs", str(self.data_dir / "logs")))
         return rows
 

@@ -160,8 +160,13 @@ async def reporting_stack(
     new_database: Callable[[str], Awaitable[str]],
     temporal: Client,
     token_for: Callable[..., Md],
+    *,
+    dev_mode: bool = False,
 ) -> AsyncIterator[Stack]:
-    """Starts Delivery and Reporting on fresh databases; stops both afterwards."""
+    """Starts Delivery and Reporting on fresh databases; stops both afterwards.
+
+    ``dev_mode`` turns on the web viewer's ``?token=`` sign-in links.
+    """
     async with AsyncExitStack() as exit:
         delivery = await create_delivery(
             Settings(database_url=await new_database("delivery"), jwt_secret=TEST_SECRET),
@@ -173,6 +178,9 @@ async def reporting_stack(
             jwt_secret=TEST_SECRET,
             delivery_address=f"localhost:{delivery.port}",
             task_queue_prefix=f"tq-{uuid.uuid4().hex[:8]}-",
+            dev_mode=dev_mode,
+            # One rendering process: the process path is exercised at a modest CPU cost.
+            render_processes=1,
         )
         reporting, channel, stub = await start_reporting(settings, temporal)
         exit.push_async_callback(reporting.stop, 0)

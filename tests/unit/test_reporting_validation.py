@@ -11,7 +11,9 @@ import pytest
 
 from reporting_svc import validation
 from reporting_svc.events import Subscription
-from reporting_svc.reports import batch_uuid, render_json, report_uuid
+from reporting_svc.render.document import ReportDocument, StoredComponent
+from reporting_svc.render.json import render_json
+from reporting_svc.reports import batch_uuid, report_uuid
 from surveymesh.errors import InvalidArgument
 from surveymesh.reporting.v1 import report_pb2
 from surveymesh.reporting.v1 import reporting_service_pb2 as pb
@@ -129,21 +131,16 @@ def test_ids_derive_from_org_and_request_id() -> None:
 
 
 def test_render_json_splices_component_data_verbatim() -> None:
-    report = report_pb2.Report(id="r1", state=report_pb2.REPORT_STATE_COMPLETED)
     created = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
-    rows = [
-        {
-            "component_type": "nps",
-            "data": b'{"score": 42, "buckets": [1, 2]}',
-            "size_bytes": 31,
-            "schema_version": 2,
-            "create_time": created,
-        }
-    ]
-    doc = orjson.loads(render_json(report, rows))  # type: ignore[arg-type]
-    assert doc["report"]["id"] == "r1"
-    assert doc["components"]["nps"]["data"] == {"score": 42, "buckets": [1, 2]}
-    assert doc["components"]["nps"]["schema_version"] == 2
+    doc = ReportDocument(
+        report={"id": "r1", "state": "REPORT_STATE_COMPLETED"},
+        components=[StoredComponent("nps", b'{"score": 42, "buckets": [1, 2]}', 2, created)],
+    )
+    out = orjson.loads(render_json(doc))
+    assert out["report"]["id"] == "r1"
+    assert out["components"]["nps"]["data"] == {"score": 42, "buckets": [1, 2]}
+    assert out["components"]["nps"]["schema_version"] == 2
+    assert out["components"]["nps"]["size_bytes"] == len(b'{"score": 42, "buckets": [1, 2]}')
 
 
 async def test_a_subscription_keeps_only_the_latest_sequence() -> None:
