@@ -5,12 +5,16 @@ stores its components one by one (as the worker's activities do) and watches the
 sections appear through server-sent events, then downloads the PDF. A screenshot of the
 finished page is saved to ``test-artifacts/viewer.png``.
 
-Chromium comes from the Debian package ``chromium`` (``.ci/run`` installs it); Playwright
-never downloads a browser.
+Chromium comes from the Debian package ``chromium``: the ``browser`` fixture installs it
+with apt when it is missing (as the Node test installs its npm packages), so the README's
+test command needs no extra step. Playwright never downloads a browser.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -48,8 +52,25 @@ async def stack(
         yield s
 
 
+def ensure_chromium() -> str:
+    """Debian's chromium, installed from the distribution's registry if missing."""
+    if not Path(CHROMIUM).exists():
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.fail(f"{CHROMIUM} is missing: install the Debian package 'chromium'")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "chromium"],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
+    return CHROMIUM
+
+
 @pytest.fixture(scope="module")
 async def browser() -> AsyncIterator[Browser]:
+    ensure_chromium()
     async with async_playwright() as pw:
         b = await pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=LAUNCH_ARGS)
         yield b
