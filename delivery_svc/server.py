@@ -14,6 +14,7 @@ from surveymesh.auth import TokenAuthority
 from surveymesh.channels import server_credentials
 from surveymesh.config import Settings
 from surveymesh.db import open_database
+from surveymesh.dbhealth import DatabaseHealth
 from surveymesh.grpcserver import RunningService, Service, start_server
 
 log = logging.getLogger(__name__)
@@ -71,4 +72,6 @@ async def create_server(
     except BaseException:
         await pool.close()
         raise
-    return RunningService(handle, [pool.close])
+    db_health = DatabaseHealth(pool, handle)
+    db_health.start()
+    return RunningService(handle, [db_health.stop, pool.close])

@@ -16,9 +16,11 @@ from notification_svc.repository import CHANNEL_EMAIL, CHANNEL_WEBHOOK, Reposito
 from notification_svc.servicer import NotificationServicer
 from notification_svc.webhooks import WebhookEndpoints, WebhookSender
 from surveymesh.auth import TokenAuthority
+from surveymesh.channels import server_credentials
 from surveymesh.config import Settings
 from surveymesh.db import open_database
-from surveymesh.grpcserver import RunningService, Service, start_server
+from surveymesh.dbhealth import DatabaseHealth
+from surveymesh.grpcserver import RunningService, ServerHandle, Service, start_server
 from surveymesh.notification.v1 import notification_service_pb2 as pb
 from surveymesh.notification.v1 import notification_service_pb2_grpc as pb_grpc
 
@@ -28,6 +30,26 @@ SCHEMA = "notification"
 DOMAIN = "surveymesh.notification"
 MIGRATIONS = Path(__file__).parent / "migrations"
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["NotificationService"].full_name
+
+
+class NotificationHandle(ServerHandle):
+    """The server handle, which ends open WatchNotifications streams before the graceful stop.
+
+    Those streams never end by themselves; left open they would hold every shutdown for
+    the whole grace period and then be cut off. Health goes NOT_SERVING first, then the
+    streams return cleanly and clients resume (on another replica) after the last sequence
+    they saw, then in-flight unary calls get the grace period to finish.
+    """
+
+    def __init__(self, inner: ServerHandle, hub: Hub, names: list[str]) -> None:
+        super().__init__(inner.server, inner.port, inner.health, names)
+        self.hub = hub
+
+    async def stop(self, grace: float) -> None:
+        """Ends the watch streams, then stops serving gracefully."""
+        await self.health.enter_graceful_shutdown()
+        self.hub.close()
+        await super().stop(grace)
 
 
 async def create_server(
@@ -53,9 +75,7 @@ async def create_server(
     dsn = settings.require_database_url()
     policy = policy or DeliveryPolicy.from_env()
     smtp = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
-    authority = authority or TokenAuthority(
-        settings.signing_secret(), audience=settings.jwt_audience, issuer=settings.jwt_issuer
-    )
+    authority = authority or TokenAuthority.from_settings(settings)
     cleanups: list[Callable[[], Awaitable[None]]] = []
     try:
         pool = await open_database(
@@ -100,9 +120,13 @@ async def create_server(
             domain=DOMAIN,
             address=address or f"{settings.bind_host}:{settings.notification_port}",
             reflection_enabled=settings.reflection,
+            credentials=server_credentials(settings),
         )
         dispatcher.start()
         cleanups.insert(0, dispatcher.stop)
+        db_health = DatabaseHealth(pool, handle)
+        db_health.start()
+        cleanups.insert(0, db_health.stop)
     except BaseException:
         for cleanup in cleanups:
             try:
@@ -112,4 +136,4 @@ async def create_server(
         raise
     if smtp is None:
         log.info("no SMTP_URL: emails go to %s", settings.data_dir / "outbox")
-    return RunningService(handle, cleanups)
+    return RunningService(NotificationHandle(handle, hub, [SERVICE_NAME]), cleanups)

@@ -16,6 +16,17 @@ from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+# Bounds that keep a status (sent in trailing metadata) well under the 8 KiB clients accept.
+MAX_VIOLATIONS = 16
+MAX_FIELD_CHARS = 100
+MAX_DESCRIPTION_CHARS = 160
+MAX_MESSAGE_CHARS = 500
+MAX_METADATA_VALUE_CHARS = 128
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 @dataclass(frozen=True)
 class FieldViolation:
@@ -74,12 +85,22 @@ class InvalidArgument(ServiceError):
         super().__init__(message or f"invalid request: {summary}", reason=reason)
 
     def details(self) -> list[any_pb2.Any]:
+        # Details travel in trailing metadata, which clients cap (8 KiB by default): a
+        # request with hundreds of bad items, or fields named after huge map keys, must
+        # not turn into a status the client cannot read. The first violations are listed,
+        # then one entry says how many more there were.
+        shown = self.violations[:MAX_VIOLATIONS]
+        more = len(self.violations) - len(shown)
+        if more > 0:
+            shown.append(FieldViolation("", f"and {more} more violations", "TOO_MANY_VIOLATIONS"))
         bad = error_details_pb2.BadRequest(
             field_violations=[
                 error_details_pb2.BadRequest.FieldViolation(
-                    field=v.field, description=v.description, reason=v.reason
+                    field=_clip(v.field, MAX_FIELD_CHARS),
+                    description=_clip(v.description, MAX_DESCRIPTION_CHARS),
+                    reason=v.reason,
                 )
-                for v in self.violations
+                for v in shown
             ]
         )
         packed = any_pb2.Any()
@@ -188,12 +209,19 @@ class Violations:
 
 
 def to_status(error: ServiceError, domain: str) -> grpc.Status:
-    """Builds the gRPC status (with ``google.rpc`` details) for a domain error."""
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=error.metadata)
+    """Builds the gRPC status (with ``google.rpc`` details) for a domain error.
+
+    Messages and metadata values are clipped: they may echo client input (an id that was
+    not found), and the whole status must fit the clients' trailing-metadata limit.
+    """
+    metadata = {k: _clip(v, MAX_METADATA_VALUE_CHARS) for k, v in error.metadata.items()}
+    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=domain, metadata=metadata)
     packed = any_pb2.Any()
     packed.Pack(info)
     status = status_pb2.Status(
-        code=error.code.value[0], message=error.message, details=[packed, *error.details()]
+        code=error.code.value[0],
+        message=_clip(error.message, MAX_MESSAGE_CHARS),
+        details=[packed, *error.details()],
     )
     return rpc_status.to_status(status)
 

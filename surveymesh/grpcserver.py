@@ -23,7 +23,14 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from surveymesh.auth import TokenAuthority, set_principal
-from surveymesh.errors import ServiceError, Unavailable, to_status
+from surveymesh.errors import (
+    FieldViolation,
+    InvalidArgument,
+    ServiceError,
+    Unavailable,
+    to_status,
+)
+from surveymesh.telemetry import server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -114,13 +121,14 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             await context.abort_with_status(mapped)
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        client_streaming = bool(handler.stream_unary or handler.stream_stream)
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 
             async def unary_response(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 try:
                     self._authenticate(context)
-                    return await inner(request, context)
+                    return await inner(_checked(request, client_streaming), context)
                 except (asyncio.CancelledError, grpc.aio.AbortError):
                     raise
                 except Exception as exc:
@@ -139,7 +147,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             ) -> AsyncIterator[Any]:
                 try:
                     self._authenticate(context)
-                    async for item in inner(request, context):
+                    async for item in inner(_checked(request, client_streaming), context):
                         yield item
                 except (asyncio.CancelledError, grpc.aio.AbortError, GeneratorExit):
                     raise
@@ -153,9 +161,60 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
         return factory(
             unary_response if handler.unary_unary or handler.stream_unary else stream_response,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request message that did not parse (invalid UTF-8, truncation)."""
+
+    error: str
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc answers UNKNOWN when a deserializer raises, before any handler runs. Parsing
+    # failures are the client's, so they are carried into the handler instead, which
+    # authenticates first and then answers INVALID_ARGUMENT with a field violation.
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as e:
+            return _Undecodable(type(e).__name__)
+
+    return parse
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise InvalidArgument(
+            [
+                FieldViolation(
+                    "",
+                    f"the request is not a valid protobuf message ({request.error}); "
+                    "string fields must be UTF-8",
+                    "MALFORMED_REQUEST",
+                )
+            ],
+            reason="MALFORMED_REQUEST",
+        )
+    return request
+
+
+def _checked(request: Any, client_streaming: bool) -> Any:
+    """The request, or for client streams an iterator that checks each message."""
+    if not client_streaming:
+        return _decoded(request)
+
+    async def each() -> AsyncIterator[Any]:
+        async for item in request:
+            yield _decoded(item)
+
+    return each()
 
 
 class _InternalError(ServiceError):
@@ -240,6 +299,7 @@ async def start_server(
     domain: str,
     address: str,
     reflection_enabled: bool = True,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> ServerHandle:
     """Creates and starts a grpc.aio server with health, reflection and the interceptor.
 
@@ -249,9 +309,12 @@ async def start_server(
         domain: ``ErrorInfo.domain`` of this service's errors, e.g. ``surveymesh.delivery``.
         address: ``host:port`` to bind; port 0 picks a free port (tests).
         reflection_enabled: Serve ``grpc.reflection`` for grpcurl/buf curl.
+        credentials: TLS credentials (see :func:`surveymesh.channels.server_credentials`);
+            ``None`` serves plaintext.
     """
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(authority, domain)],
+        # Telemetry first: the trace span and RPC metrics wrap authentication and mapping.
+        interceptors=[*server_interceptors(), ServiceInterceptor(authority, domain)],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -272,7 +335,11 @@ async def start_server(
             ],
             server,
         )
-    port = server.add_insecure_port(address)
+    port = (
+        server.add_secure_port(address, credentials)
+        if credentials is not None
+        else server.add_insecure_port(address)
+    )
     if port == 0:
         raise OSError(f"could not bind {address}")
     await server.start()

@@ -1,0 +1,184 @@
+"""Encryption of every Temporal payload: AES-256-GCM with rotating keys.
+
+Temporal stores workflow inputs, activity results and failures in its history; in
+SurveyMesh those can hold personal data (a survey answer in an error message, say). Every
+client and worker therefore uses :func:`data_converter`, whose codec encrypts each payload
+before it leaves the process, and whose failure converter moves failure messages and stack
+traces into an (encrypted) payload too. The Temporal server, its database and anyone who
+reads its history without a key see ciphertext only.
+
+Keys: ``SURVEYMESH_PAYLOAD_KEYS`` is a comma list of ``kid:base64key`` (32-byte keys); the
+last one encrypts, all of them decrypt, so a rotation appends a key, and the old one is
+dropped only once no history that needs it is kept. Without the setting a development key
+is generated into the data dir's ``payload-keys`` file on first use. Each payload records
+its key id in its metadata.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import os
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import (
+    DataConverter,
+    DefaultFailureConverterWithEncodedAttributes,
+    PayloadCodec,
+)
+
+from surveymesh.config import ConfigError, Settings
+
+ENCODING = b"binary/encrypted"
+METADATA_ENCODING = "encoding"
+METADATA_KEY_ID = "encryption-key-id"
+NONCE_BYTES = 12
+KEY_BYTES = 32
+KEY_FILE = "payload-keys"
+_KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class PayloadDecryptionError(ValueError):
+    """A payload cannot be decrypted: unknown key id, or tampered/corrupt ciphertext."""
+
+
+def parse_keys(spec: str, *, source: str = "SURVEYMESH_PAYLOAD_KEYS") -> dict[str, bytes]:
+    """Parses ``kid:base64key,...`` into an ordered ``{kid: key}`` (the last one is newest).
+
+    Raises:
+        ConfigError: a malformed entry, a duplicate key id, or a key that is not 32 bytes.
+    """
+    keys: dict[str, bytes] = {}
+    for entry in (e.strip() for e in spec.replace("\n", ",").split(",")):
+        if not entry:
+            continue
+        kid, sep, encoded = entry.partition(":")
+        if not sep or not _KID.match(kid):
+            raise ConfigError(f"{source}: entries are kid:base64key (kid of [A-Za-z0-9._-])")
+        try:
+            key = base64.b64decode(encoded, validate=True)
+        except binascii.Error:
+            raise ConfigError(f"{source}: key {kid!r} is not valid base64") from None
+        if len(key) != KEY_BYTES:
+            raise ConfigError(f"{source}: key {kid!r} must be {KEY_BYTES} bytes (AES-256)")
+        if kid in keys:
+            raise ConfigError(f"{source}: key id {kid!r} appears twice")
+        keys[kid] = key
+    if not keys:
+        raise ConfigError(f"{source}: no keys")
+    return keys
+
+
+def new_key_entry(kid: str) -> str:
+    """A fresh ``kid:base64key`` entry (for a rotation: append it to the list)."""
+    return f"{kid}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
+
+
+def load_keys(settings: Settings) -> dict[str, bytes]:
+    """The deployment's payload keys: the setting, or the data dir's file (made once)."""
+    if settings.payload_keys:
+        return parse_keys(settings.payload_keys)
+    path = settings.data_dir / KEY_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # O_EXCL: when processes race to create it, exactly one key wins.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(new_key_entry("dev-1") + "\n")
+    return parse_keys(Path(path).read_text(), source=str(path))
+
+
+class EncryptionCodec(PayloadCodec):
+    """AES-256-GCM payload codec; encrypts with the newest key, decrypts with any.
+
+    The whole serialized payload (its metadata included, so the original encoding is
+    hidden too) is encrypted; the key id is bound as associated data, so a payload cannot
+    be passed off as encrypted under another key.
+
+    Args:
+        keys: ``{kid: 32-byte key}`` in age order; the last one encrypts.
+    """
+
+    def __init__(self, keys: Mapping[str, bytes]) -> None:
+        if not keys:
+            raise ValueError("at least one key is required")
+        for kid, key in keys.items():
+            if len(key) != KEY_BYTES:
+                raise ValueError(f"key {kid!r} must be {KEY_BYTES} bytes")
+        self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
+        self._active = list(keys)[-1]
+
+    @property
+    def active_key_id(self) -> str:
+        """The id of the key new payloads are encrypted with."""
+        return self._active
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        """Encrypts each payload with the newest key."""
+        kid = self._active
+        cipher = self._ciphers[kid]
+        out = []
+        for p in payloads:
+            nonce = os.urandom(NONCE_BYTES)
+            sealed = cipher.encrypt(nonce, p.SerializeToString(), kid.encode())
+            out.append(
+                Payload(
+                    metadata={METADATA_ENCODING: ENCODING, METADATA_KEY_ID: kid.encode()},
+                    data=nonce + sealed,
+                )
+            )
+        return out
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        """Decrypts encrypted payloads; others (written before encryption) pass unchanged.
+
+        Raises:
+            PayloadDecryptionError: an unknown key id, or the ciphertext does not verify.
+        """
+        out = []
+        for p in payloads:
+            if p.metadata.get(METADATA_ENCODING) != ENCODING:
+                out.append(p)
+                continue
+            kid = p.metadata.get(METADATA_KEY_ID, b"").decode("utf-8", "replace")
+            cipher = self._ciphers.get(kid)
+            if cipher is None:
+                raise PayloadDecryptionError(f"payload encrypted with unknown key {kid!r}")
+            try:
+                plain = cipher.decrypt(p.data[:NONCE_BYTES], p.data[NONCE_BYTES:], kid.encode())
+            except InvalidTag:
+                raise PayloadDecryptionError(
+                    f"payload under key {kid!r} does not verify (tampered or corrupt)"
+                ) from None
+            out.append(Payload.FromString(plain))
+        return out
+
+
+def codec(settings: Settings) -> EncryptionCodec:
+    """The deployment's payload codec."""
+    return EncryptionCodec(load_keys(settings))
+
+
+def data_converter(settings: Settings) -> DataConverter:
+    """The data converter every Temporal client and worker of the mesh uses.
+
+    Payloads are encrypted by :class:`EncryptionCodec`; failures keep only a generic
+    message in the clear, their real message and stack trace travel in an encrypted
+    payload (``encode_common_attributes``).
+    """
+    return dataclasses.replace(
+        DataConverter.default,
+        payload_codec=codec(settings),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
