@@ -7,13 +7,16 @@ import asyncio
 from delivery_svc.server import create_server
 from surveymesh.config import Settings
 from surveymesh.logs import configure_logging
+from surveymesh.telemetry import setup_telemetry
 
 
 async def _main() -> None:
     settings = Settings.from_env()
     configure_logging(settings)
+    telemetry = setup_telemetry(settings, "delivery")
     service = await create_server(settings)
     await service.serve_until_signalled(settings.grace_seconds)
+    telemetry.shutdown()
 
 
 def main() -> None:

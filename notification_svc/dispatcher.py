@@ -24,6 +24,9 @@ from typing import Protocol
 import asyncpg
 
 from notification_svc.repository import (
+    CHANNEL_EMAIL,
+    CHANNEL_IN_APP,
+    CHANNEL_WEBHOOK,
     FAILED,
     RETRYING,
     SUCCEEDED,
@@ -32,8 +35,13 @@ from notification_svc.repository import (
     Repository,
 )
 from surveymesh.config import ConfigError
+from surveymesh.telemetry import record_delivery
 
 log = logging.getLogger(__name__)
+
+# Metric labels of channels and attempt results.
+CHANNEL_NAMES = {CHANNEL_IN_APP: "in_app", CHANNEL_EMAIL: "email", CHANNEL_WEBHOOK: "webhook"}
+STATUS_NAMES = {SUCCEEDED: "succeeded", RETRYING: "retrying", FAILED: "failed"}
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,9 @@ class Dispatcher:
         latency_ms = (time.perf_counter() - started) * 1000.0
         status, next_time, error = next_step(
             self._policy, outcome, job.attempt_number, dt.datetime.now(dt.UTC)
+        )
+        record_delivery(
+            CHANNEL_NAMES.get(job.channel, "other"), STATUS_NAMES[status], latency_ms / 1000.0
         )
         attempt = AttemptRecord(
             status=status,

@@ -42,6 +42,13 @@ class Hub:
 
     def __init__(self) -> None:
         self._subs: dict[tuple[str, str], set[Subscription]] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        """Ends every watch stream (at shutdown): they return after their current read, so
+        a graceful stop is not held for the whole grace period by streams that never end."""
+        self.closed = True
+        self.poke_all()
 
     def subscribe(self, org: str, user: str) -> Subscription:
         """Registers interest; call before reading, so nothing falls between read and wait."""

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 import asyncpg
 
 from notification_svc.live import Hub
-from notification_svc.repository import NewNotification, Repository
+from notification_svc.repository import CHANNEL_IN_APP, NewNotification, Repository
 from notification_svc.validation import type_matches
 from surveymesh.auth import Principal
 from surveymesh.errors import FieldViolation, InvalidArgument, NotFound
 from surveymesh.paging import decode_token, encode_token
+from surveymesh.telemetry import record_delivery
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,9 @@ class Notifications:
         row, created, deliveries = await self._repo.create_notification(
             new, type_matches=type_matches
         )
+        if created and CHANNEL_IN_APP in new.channels:
+            # In-app delivery is the stored row itself (streamed by WatchNotifications).
+            record_delivery("in_app", "succeeded")
         if deliveries:
             self._on_deliveries()
         return row, not created
@@ -113,6 +117,8 @@ class Notifications:
                     yield row
                 if len(rows) == WATCH_BATCH or sub.latest > last:
                     continue
+                if self._hub.closed:
+                    return  # shutting down: the client resumes elsewhere after `last`
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(sub.event.wait(), WATCH_RESYNC_SECONDS)
         finally:

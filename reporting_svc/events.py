@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import asyncpg
 
 from reporting_svc.store import EVENTS_CHANNEL
+from surveymesh.telemetry import WATCH_SUBSCRIBERS
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +101,11 @@ class EventHub:
         """Registers a watcher of ``report_id`` for the ``with`` block."""
         sub = Subscription(report_id)
         self._subs.setdefault(report_id, set()).add(sub)
+        WATCH_SUBSCRIBERS.inc()
         try:
             yield sub
         finally:
+            WATCH_SUBSCRIBERS.dec()
             subs = self._subs.get(report_id)
             if subs is not None:
                 subs.discard(sub)

@@ -196,3 +196,11 @@ async def events_after(
         after_sequence,
         limit,
     )
+
+
+async def survey_title(conn: asyncpg.Connection | asyncpg.Pool, report_id: str) -> str:
+    """The survey's title as the report's snapshot recorded it ('' before the snapshot)."""
+    title = await conn.fetchval(
+        "SELECT survey->>'title' FROM snapshots WHERE report_id = $1", report_id
+    )
+    return title or ""

@@ -8,6 +8,7 @@ import sys
 import time
 
 from surveymesh.config import Settings
+from surveymesh.telemetry import LogContextFilter
 
 
 class JsonFormatter(logging.Formatter):
@@ -39,6 +40,8 @@ def configure_logging(settings: Settings, *, quiet_stderr: bool = False) -> None
         quiet_stderr: Only warnings to stderr (``surveymesh up`` prints its own summary).
     """
     handler = logging.StreamHandler(sys.stderr)
+    # Trace/span id of the current span, report and org ids (telemetry), for JSON lines.
+    handler.addFilter(LogContextFilter())
     if settings.log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:

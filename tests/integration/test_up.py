@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import psutil
 import pytest
 
@@ -27,10 +32,44 @@ def _env(data_dir: Path) -> dict[str, str]:
         SURVEYMESH_TEMPORAL_UI_PORT="0",
         SURVEYMESH_WEB_PORT=str(free_port()),
         SURVEYMESH_GRACE_SECONDS="3",
+        SURVEYMESH_METRICS_PORT=str(_free_port_range(5)),
     )
     temporal_port = free_port()
     env["SURVEYMESH_TEMPORAL_PORT"] = str(temporal_port)
     return env
+
+
+def _free_port_range(count: int) -> int:
+    """The first of ``count`` consecutive free ports (`up` gives each child its own)."""
+    for _ in range(50):
+        base = free_port()
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+    raise RuntimeError(f"no {count} consecutive free ports")
+
+
+def _spans(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def _scrape(url: str, timeout: float = 60) -> str:  # noqa: ASYNC109
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient(timeout=5) as http:
+        while True:
+            try:
+                response = await http.get(url)
+                if response.status_code == 200:
+                    return response.text
+            except httpx.HTTPError:
+                pass
+            assert asyncio.get_running_loop().time() < deadline, f"{url} never answered"
+            await asyncio.sleep(0.5)
 
 
 async def _run(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
@@ -62,6 +101,24 @@ async def test_up_runs_the_demo_then_resumes_and_stops_cleanly(tmp_path: Path) -
     assert first.returncode == 0, text
     assert "SurveyMesh is up" in text
     assert "is ready" in text and "grpcurl -plaintext" in text
+    assert "Metrics (worker)" in text and "Temporal SDK metrics" in text and "Traces" in text
+
+    # The demo report is one trace across processes (development: JSON lines in the data
+    # dir): Reporting's GenerateReport and the worker's activities (the notification may
+    # still be pending when --exit-after-demo stops the mesh).
+    traces = tmp_path / "data" / "traces"
+    generate = [
+        s
+        for s in _spans(traces / "reporting.jsonl")
+        if s["name"] == "/surveymesh.reporting.v1.ReportingService/GenerateReport"
+        and s["kind"] == "SpanKind.SERVER"
+    ]
+    assert len(generate) == 1
+    trace_id = generate[0]["context"]["trace_id"]
+    worker = {
+        s["name"] for s in _spans(traces / "worker.jsonl") if s["context"]["trace_id"] == trace_id
+    }
+    assert {"RunActivity:report.snapshot", "RunActivity:report.compile"} <= worker
 
     # A second `up` on the same data dir resumes (no re-init) and stops cleanly on SIGTERM.
     second = await _run(env)
@@ -72,6 +129,12 @@ async def test_up_runs_the_demo_then_resumes_and_stops_cleanly(tmp_path: Path) -
         assert line, seen
         seen += line.decode()
     children = _descendants_alive(second.pid)
+    # Each child serves its metrics; the worker also the Temporal SDK's.
+    base = int(env["SURVEYMESH_METRICS_PORT"])
+    reporting = await _scrape(f"http://localhost:{base + 2}/metrics")
+    sdk = await _scrape(f"http://localhost:{base + 4}/metrics")  # the worker may still start
+    assert "surveymesh_rpc_server_handled_total" in reporting
+    assert "temporal_" in sdk
     assert len(children) >= 6  # postgres, temporal, 3 services, worker (plus their helpers)
     second.send_signal(signal.SIGTERM)
     rest, _ = await asyncio.wait_for(second.communicate(), 120)
