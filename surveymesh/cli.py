@@ -72,7 +72,7 @@ def _grpcurl_hints(settings: Settings, survey_id: str, report_id: str) -> str:
     )
 
 
-async def _run_demo(settings: Settings, count: int) -> tuple[str, str]:
+async def _run_demo(settings: Settings, count: int) -> tuple[str, str, int]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from surveymesh.demo import load_and_report
@@ -97,10 +97,10 @@ async def _run_demo(settings: Settings, count: int) -> tuple[str, str]:
                 label = event.stage or kind.replace("_", " ")
             progress.update(task, completed=event.progress_percent, stage=label.lower())
 
-        survey_id, report_id = await load_and_report(
+        survey_id, report_id, state = await load_and_report(
             settings, token, count=count, request_id=f"demo-{uuid.uuid4()}", on_event=on_event
         )
-    return survey_id, report_id
+    return survey_id, report_id, state
 
 
 async def _up(args: argparse.Namespace, settings: Settings) -> int:
@@ -115,7 +115,13 @@ async def _up(args: argparse.Namespace, settings: Settings) -> int:
         for what, where in mesh.endpoints():
             print(f"  {what:<28} {where}")
         if args.demo:
-            survey_id, report_id = await _run_demo(settings, args.demo_responses)
+            from surveymesh.reporting.v1 import report_pb2
+
+            survey_id, report_id, state = await _run_demo(settings, args.demo_responses)
+            if state != report_pb2.REPORT_STATE_COMPLETED:
+                name = report_pb2.ReportState.Name(state).removeprefix("REPORT_STATE_")  # type: ignore[arg-type]
+                print(f"\nThe demo report {report_id} ended {name}; see {mesh.data_dir}/logs.")
+                return 1
             print(f"\nDemo survey {survey_id}: report {report_id} is ready.")
             # A viewer token in the link signs the browser in (dev mode, which `up` turns on).
             link_token = _authority(settings).mint(org=DEMO_ORG, user=DEMO_USER, roles=["viewer"])
@@ -163,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--exit-after-demo", action="store_true", help="stop the mesh once the demo report is done"
     )
+
+    bench = sub.add_parser("bench", help="run the benchmark suite (bench/results/latest.*)")
+    bench.add_argument("--quick", action="store_true", help="small sizes and few runs (CI)")
 
     token = sub.add_parser("token", help="mint a development token")
     token.add_argument("--org", required=True)
@@ -286,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"surveymesh: {e}", file=sys.stderr)
         return 2
     configure_logging(settings, quiet_stderr=args.command != "token")
+    if args.command == "bench":
+        from bench.__main__ import main as bench_main
+
+        return bench_main(["--quick"] if args.quick else [])
     if args.command == "token":
         return cmd_token(args, settings)
     if args.command != "up":

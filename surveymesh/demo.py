@@ -17,6 +17,7 @@ from surveymesh.delivery.v1 import response_pb2, survey_pb2
 
 QT = survey_pb2.QuestionType
 DEMO_SURVEY_REQUEST_ID = "demo-customer-experience-v1"
+DEMO_EMAIL_USER = "demo-analyst"
 
 FEATURES = ["Dashboards", "Exports", "API", "Alerts", "Integrations", "Mobile app"]
 PLAN_FIT = ["Perfectly", "Mostly", "Somewhat", "Not at all"]
@@ -206,7 +207,7 @@ async def load_and_report(
     count: int = 3000,
     request_id: str,
     on_event: object = None,
-) -> tuple[str, str]:
+) -> tuple[str, str, int]:
     """Loads the demo survey into a running mesh, generates a FULL report and follows it.
 
     Args:
@@ -217,7 +218,7 @@ async def load_and_report(
         on_event: Called with each ``ReportEvent`` as it streams in.
 
     Returns:
-        (survey id, report id).
+        (survey id, report id, the report's final ``ReportState``).
     """
     import grpc
 
@@ -259,7 +260,11 @@ async def load_and_report(
             rpb.GenerateReportRequest(
                 survey_id=survey_id,
                 kind=report_pb2.REPORT_KIND_FULL,
-                options=report_pb2.ReportOptions(segment_by=["plan", "region"]),
+                # An email too, so the demo shows all three channels (no SMTP_URL: the
+                # data dir's outbox).
+                options=report_pb2.ReportOptions(
+                    segment_by=["plan", "region"], notify_email=f"{DEMO_EMAIL_USER}@example.com"
+                ),
                 request_id=request_id,
             ),
             metadata=md,
@@ -267,7 +272,9 @@ async def load_and_report(
         )
         report_id = generated.report.id
         stream = reporting.WatchReport(rpb.WatchReportRequest(report_id=report_id), metadata=md)
+        state = report_pb2.REPORT_STATE_UNSPECIFIED
         async for message in stream:
+            state = message.event.state
             if callable(on_event):
                 on_event(message.event)
-        return survey_id, report_id
+        return survey_id, report_id, state

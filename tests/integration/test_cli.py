@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pypdf import PdfReader
 
 from surveymesh.cli import build_parser, run_client_command
 from surveymesh.config import Settings
@@ -81,9 +82,7 @@ def cli(mesh: MeshStack, org: str, capsys: pytest.CaptureFixture[str]) -> Cli:
 async def test_csv_to_rendered_report_in_three_commands(
     mesh: MeshStack, org: str, tmp_path: Path
 ) -> None:
-    """The README's flow, command for command. The README renders ``--format pdf``; this
-    test renders JSON, the one format ReportingService renders so far; switch it to PDF
-    when the PDF renderer lands."""
+    """The README's flow, command for command: CSV export in, PDF report out."""
     env = mesh.env(org)
     code, out, err = await surveymesh(
         env, "survey", "import", "--from-csv", str(FIXTURES / "google_forms.csv"), "--create",
@@ -100,13 +99,15 @@ async def test_csv_to_rendered_report_in_three_commands(
     report_id, state = out.split()[:2]
     assert state == "COMPLETED"
 
-    target = tmp_path / "report.json"
+    target = tmp_path / "report.pdf"
     code, out, err = await surveymesh(
-        env, "report", "render", report_id, "--format", "json", "-o", str(target)
+        env, "report", "render", report_id, "--format", "pdf", "-o", str(target)
     )
     assert code == 0, err
-    assert json.loads(target.read_bytes())
     assert out.startswith(str(target))
+    assert target.read_bytes().startswith(b"%PDF-")
+    text = " ".join(page.extract_text() for page in PdfReader(target).pages)
+    assert "satisfied" in text  # a question of the CSV made it into the PDF
 
 
 async def test_survey_commands(cli: Cli, tmp_path: Path) -> None:
