@@ -17,6 +17,7 @@ from reporting_svc.servicer import ReportingServicer
 from reporting_svc.web import Viewer
 from surveymesh.auth import TokenAuthority
 from surveymesh.channels import open_channel, server_credentials
+from surveymesh.codec import configured_data_converter
 from surveymesh.config import Settings
 from surveymesh.db import open_database
 from surveymesh.dbhealth import DatabaseHealth
@@ -139,6 +140,7 @@ async def create_server(
                 lazy=True,
                 # Tracing: StartWorkflow joins the GenerateReport span, the worker goes on.
                 interceptors=temporal_interceptors(),
+                data_converter=configured_data_converter(settings),
             )
         channel = open_channel(settings, settings.peer("delivery"))
         cleanups.append(channel.close)

@@ -182,3 +182,20 @@ def data_converter(settings: Settings) -> DataConverter:
         payload_codec=codec(settings),
         failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
     )
+
+
+def configured_data_converter(settings: Settings) -> DataConverter:
+    """The converter of this process: encrypted when ``SURVEYMESH_PAYLOAD_KEYS`` is set.
+
+    Every client and worker of one deployment must agree, so encryption follows the one
+    setting they share: deployments set it from a secret, and ``surveymesh up`` sets it for
+    its children from the data dir's key file. Unset, payloads use the default converter.
+    """
+    return data_converter(settings) if settings.payload_keys else DataConverter.default
+
+
+def payload_keys_for_mesh(settings: Settings) -> str:
+    """The ``SURVEYMESH_PAYLOAD_KEYS`` value a one-machine mesh gives its children."""
+    return ",".join(
+        f"{kid}:{base64.b64encode(key).decode()}" for kid, key in load_keys(settings).items()
+    )

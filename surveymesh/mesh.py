@@ -24,6 +24,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from surveymesh.codec import payload_keys_for_mesh
 from surveymesh.config import Settings
 from surveymesh.embedded import EmbeddedPostgres, EmbeddedTemporal
 from surveymesh.workflow_contract import SEARCH_ATTRIBUTES
@@ -153,6 +154,8 @@ class Mesh:
             "TEMPORAL_ADDRESS": self.temporal_address,
             "TEMPORAL_NAMESPACE": self.settings.temporal_namespace,
             "PYTHONUNBUFFERED": "1",
+            # Reporting and the worker encrypt Temporal payloads with the same keys.
+            "SURVEYMESH_PAYLOAD_KEYS": payload_keys_for_mesh(self.settings),
             # A one-machine mesh is a development mesh: the viewer accepts ?token= links.
             "SURVEYMESH_DEV_MODE": self.env.get("SURVEYMESH_DEV_MODE", "true"),
         }
