@@ -373,6 +373,25 @@ class Repository:
             )
         return True
 
+    async def rotate_secret(
+        self, org: str, endpoint_id: uuid.UUID, secret: str, grace_seconds: int
+    ) -> asyncpg.Record | None:
+        """Makes ``secret`` the endpoint's secret; the old one signs on for ``grace_seconds``.
+
+        Returns:
+            The endpoint, or None when the organization has no such endpoint.
+        """
+        return await self.pool.fetchrow(
+            "UPDATE webhook_endpoints SET previous_secret = secret,"
+            " previous_secret_expire_time = now() + make_interval(secs => $4), secret = $3"
+            " WHERE id = $1 AND org_id = $2 AND delete_time IS NULL"
+            f" RETURNING {_ENDPOINT_COLUMNS}",
+            endpoint_id,
+            org,
+            secret,
+            float(grace_seconds),
+        )
+
     # -- attempts ----------------------------------------------------------------------
 
     async def list_attempts(

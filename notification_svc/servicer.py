@@ -190,6 +190,16 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         await self._n.delete_endpoint(who, eid)
         return pb.DeleteWebhookEndpointResponse()
 
+    async def RotateWebhookSecret(
+        self, request: pb.RotateWebhookSecretRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RotateWebhookSecretResponse:
+        who = current_principal()
+        who.require(ADMIN_ROLES, "managing webhook endpoints")
+        grace = validation.validate_rotate(request)
+        eid = validation.validate_id("endpoint_id", request.endpoint_id)
+        row, secret = await self._n.rotate_secret(who, eid, grace)
+        return pb.RotateWebhookSecretResponse(endpoint=endpoint_message(row), secret=secret)
+
     async def ListDeliveryAttempts(
         self, request: pb.ListDeliveryAttemptsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListDeliveryAttemptsResponse:

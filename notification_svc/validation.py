@@ -228,3 +228,24 @@ def _is_link(link: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
+DEFAULT_GRACE_SECONDS = 86_400
+MAX_GRACE_SECONDS = 7 * 86_400
+
+
+def validate_rotate(request: pb.RotateWebhookSecretRequest) -> int:
+    """Checks a RotateWebhookSecret request; returns the grace period in seconds."""
+    v = Violations()
+    if not request.endpoint_id:
+        v.add("endpoint_id", "must not be empty", "REQUIRED")
+    if not 0 <= request.grace_period_seconds <= MAX_GRACE_SECONDS:
+        v.add(
+            "grace_period_seconds",
+            f"must be 0 (the default of a day) to {MAX_GRACE_SECONDS}",
+            "INVALID_GRACE_PERIOD",
+        )
+    v.raise_if_any()
+    if request.revoke_previous:
+        return 0
+    return request.grace_period_seconds or DEFAULT_GRACE_SECONDS

@@ -374,6 +374,14 @@ async def delete_webhook_endpoint(w: World) -> None:
     assert w.endpoint_id in {e.id for e in listed.messages[0].endpoints}
 
 
+async def rotate_webhook_secret(w: World) -> None:
+    name = "NotificationService/RotateWebhookSecret"
+    foreign = await w.call(name, npb.RotateWebhookSecretRequest(endpoint_id=w.endpoint_id), w.b)
+    missing = await w.call(name, npb.RotateWebhookSecretRequest(endpoint_id=new_id()), w.b)
+    assert foreign.code == grpc.StatusCode.NOT_FOUND
+    _assert_same(name, foreign, missing)
+
+
 async def list_delivery_attempts(w: World) -> None:
     name = "NotificationService/ListDeliveryAttempts"
     await _by_id(
@@ -407,6 +415,7 @@ TABLE: dict[str, Callable[[World], Awaitable[None]]] = {
     "NotificationService/CreateWebhookEndpoint": create_webhook_endpoint,
     "NotificationService/ListWebhookEndpoints": list_webhook_endpoints,
     "NotificationService/DeleteWebhookEndpoint": delete_webhook_endpoint,
+    "NotificationService/RotateWebhookSecret": rotate_webhook_secret,
     "NotificationService/ListDeliveryAttempts": list_delivery_attempts,
 }
 

@@ -212,6 +212,74 @@ async def test_signed_webhook_verifies_with_reference(stub: Any, org: str, token
         Webhook(created.secret).verify(req.body, replayed)
 
 
+async def test_secret_rotation_signs_with_both_secrets_during_the_grace_period(
+    stub: Any, org: str, token_for: Meta
+) -> None:
+    admin = token_for(org, role="admin")
+    async with Receiver() as rx:
+        created = await create_endpoint(stub, admin, rx.url())
+        rotated = await stub.RotateWebhookSecret(
+            pb.RotateWebhookSecretRequest(
+                endpoint_id=created.endpoint.id, grace_period_seconds=3600
+            ),
+            metadata=admin,
+            timeout=10,
+        )
+        assert rotated.secret.startswith("whsec_") and rotated.secret != created.secret
+        assert rotated.endpoint.id == created.endpoint.id
+        await send(stub, admin)
+        [during] = await rx.wait_for(1)
+
+        # Revoking the previous secret ends the grace period at once.
+        revoked = await stub.RotateWebhookSecret(
+            pb.RotateWebhookSecretRequest(endpoint_id=created.endpoint.id, revoke_previous=True),
+            metadata=admin,
+            timeout=10,
+        )
+        await send(stub, admin)
+        after = (await rx.wait_for(2))[1]
+
+    # During the grace period a receiver holding either secret accepts the delivery.
+    assert len(during.headers["webhook-signature"].split()) == 2
+    for secret in (created.secret, rotated.secret):
+        Webhook(secret).verify(during.body, during.headers)
+    # After revocation only the newest secret verifies.
+    Webhook(revoked.secret).verify(after.body, after.headers)
+    for old in (created.secret, rotated.secret):
+        with pytest.raises(WebhookVerificationError):
+            Webhook(old).verify(after.body, after.headers)
+
+
+async def test_rotation_is_for_admins_and_own_endpoints(
+    stub: Any, org: str, token_for: Meta
+) -> None:
+    admin = token_for(org, role="admin")
+    created = await create_endpoint(stub, admin, "http://127.0.0.1:9/hook")
+    rotate = pb.RotateWebhookSecretRequest(endpoint_id=created.endpoint.id)
+    await expect_error(
+        stub.RotateWebhookSecret(rotate, metadata=token_for(org, role="analyst"), timeout=5),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "ROLE_NOT_PERMITTED",
+    )
+    await expect_error(
+        stub.RotateWebhookSecret(
+            pb.RotateWebhookSecretRequest(endpoint_id=created.endpoint.id, grace_period_seconds=-1),
+            metadata=admin,
+            timeout=5,
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_GRACE_PERIOD",
+    )
+    for endpoint_id in (str(uuid.uuid4()), "not-a-uuid"):
+        await expect_error(
+            stub.RotateWebhookSecret(
+                pb.RotateWebhookSecretRequest(endpoint_id=endpoint_id), metadata=admin, timeout=5
+            ),
+            grpc.StatusCode.NOT_FOUND,
+            "ENDPOINT_NOT_FOUND",
+        )
+
+
 async def test_two_failures_then_success_same_webhook_id(
     stub: Any, org: str, token_for: Meta
 ) -> None:

@@ -437,6 +437,66 @@ class DeleteWebhookEndpointResponse(_message.Message):
 Global___DeleteWebhookEndpointResponse: _TypeAlias = DeleteWebhookEndpointResponse  # noqa: Y015
 
 @_typing.final
+class RotateWebhookSecretRequest(_message.Message):
+    """Request of RotateWebhookSecret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_ID_FIELD_NUMBER: _builtins.int
+    GRACE_PERIOD_SECONDS_FIELD_NUMBER: _builtins.int
+    REVOKE_PREVIOUS_FIELD_NUMBER: _builtins.int
+    endpoint_id: _builtins.str
+    """The endpoint whose secret to replace."""
+    grace_period_seconds: _builtins.int
+    """How long, in seconds, the old secret still signs deliveries beside the new one;
+    0 means the default of 86,400 (one day); at most 604,800 (a week).
+    """
+    revoke_previous: _builtins.bool
+    """End the old secret now instead of after a grace period (a leaked secret)."""
+    def __init__(
+        self,
+        *,
+        endpoint_id: _builtins.str = ...,
+        grace_period_seconds: _builtins.int = ...,
+        revoke_previous: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint_id", b"endpoint_id", "grace_period_seconds", b"grace_period_seconds", "revoke_previous", b"revoke_previous"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretRequest: _TypeAlias = RotateWebhookSecretRequest  # noqa: Y015
+
+@_typing.final
+class RotateWebhookSecretResponse(_message.Message):
+    """Response of RotateWebhookSecret."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """The new signing secret, `whsec_` followed by base64; shown only here."""
+    @_builtins.property
+    def endpoint(self) -> _notification_pb2.WebhookEndpoint:
+        """The endpoint."""
+
+    def __init__(
+        self,
+        *,
+        endpoint: _notification_pb2.WebhookEndpoint | None = ...,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["endpoint", b"endpoint", "secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateWebhookSecretResponse: _TypeAlias = RotateWebhookSecretResponse  # noqa: Y015
+
+@_typing.final
 class ListDeliveryAttemptsRequest(_message.Message):
     """Request of ListDeliveryAttempts."""
 

@@ -76,6 +76,11 @@ class NotificationServiceStub:
                 request_serializer=surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.DeleteWebhookEndpointRequest.SerializeToString,
                 response_deserializer=surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.DeleteWebhookEndpointResponse.FromString,
                 _registered_method=True)
+        self.RotateWebhookSecret = channel.unary_unary(
+                '/surveymesh.notification.v1.NotificationService/RotateWebhookSecret',
+                request_serializer=surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+                response_deserializer=surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.RotateWebhookSecretResponse.FromString,
+                _registered_method=True)
         self.ListDeliveryAttempts = channel.unary_unary(
                 '/surveymesh.notification.v1.NotificationService/ListDeliveryAttempts',
                 request_serializer=surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.ListDeliveryAttemptsRequest.SerializeToString,
@@ -164,6 +169,19 @@ class NotificationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateWebhookSecret(self, request, context):
+        """Replaces an endpoint's signing secret; the new secret is returned only in this response.
+        For `grace_period_seconds` afterwards every delivery carries two signatures, one made with
+        the old secret and one with the new, so a receiver can switch secrets without rejecting
+        a message. Each call makes a new secret.
+
+        Returns INVALID_ARGUMENT for a missing id or a grace period outside 0 to 604,800 seconds,
+        NOT_FOUND for an unknown or foreign endpoint, PERMISSION_DENIED unless the caller is an admin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListDeliveryAttempts(self, request, context):
         """Lists delivery attempts, newest first, for a notification or an endpoint.
 
@@ -211,6 +229,11 @@ def add_NotificationServiceServicer_to_server(servicer, server):
                     servicer.DeleteWebhookEndpoint,
                     request_deserializer=surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.DeleteWebhookEndpointRequest.FromString,
                     response_serializer=surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.DeleteWebhookEndpointResponse.SerializeToString,
+            ),
+            'RotateWebhookSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateWebhookSecret,
+                    request_deserializer=surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.RotateWebhookSecretRequest.FromString,
+                    response_serializer=surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.RotateWebhookSecretResponse.SerializeToString,
             ),
             'ListDeliveryAttempts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListDeliveryAttempts,
@@ -414,6 +437,33 @@ class NotificationService:
             '/surveymesh.notification.v1.NotificationService/DeleteWebhookEndpoint',
             surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.DeleteWebhookEndpointRequest.SerializeToString,
             surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.DeleteWebhookEndpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateWebhookSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/surveymesh.notification.v1.NotificationService/RotateWebhookSecret',
+            surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.RotateWebhookSecretRequest.SerializeToString,
+            surveymesh_dot_notification_dot_v1_dot_notification__service__pb2.RotateWebhookSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

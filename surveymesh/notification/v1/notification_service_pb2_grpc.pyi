@@ -83,6 +83,15 @@ class NotificationServiceStub:
 
     Returns NOT_FOUND for an unknown or foreign endpoint, PERMISSION_DENIED unless the caller is an admin.
     """
+    RotateWebhookSecret: _grpc.UnaryUnaryMultiCallable[_notification_service_pb2.RotateWebhookSecretRequest, _notification_service_pb2.RotateWebhookSecretResponse]
+    """Replaces an endpoint's signing secret; the new secret is returned only in this response.
+    For `grace_period_seconds` afterwards every delivery carries two signatures, one made with
+    the old secret and one with the new, so a receiver can switch secrets without rejecting
+    a message. Each call makes a new secret.
+
+    Returns INVALID_ARGUMENT for a missing id or a grace period outside 0 to 604,800 seconds,
+    NOT_FOUND for an unknown or foreign endpoint, PERMISSION_DENIED unless the caller is an admin.
+    """
     ListDeliveryAttempts: _grpc.UnaryUnaryMultiCallable[_notification_service_pb2.ListDeliveryAttemptsRequest, _notification_service_pb2.ListDeliveryAttemptsResponse]
     """Lists delivery attempts, newest first, for a notification or an endpoint.
 
@@ -144,6 +153,15 @@ class NotificationServiceAsyncStub(NotificationServiceStub):
     """Deletes a webhook endpoint; deliveries still pending to it are abandoned.
 
     Returns NOT_FOUND for an unknown or foreign endpoint, PERMISSION_DENIED unless the caller is an admin.
+    """
+    RotateWebhookSecret: _aio.UnaryUnaryMultiCallable[_notification_service_pb2.RotateWebhookSecretRequest, _notification_service_pb2.RotateWebhookSecretResponse]  # type: ignore[assignment]
+    """Replaces an endpoint's signing secret; the new secret is returned only in this response.
+    For `grace_period_seconds` afterwards every delivery carries two signatures, one made with
+    the old secret and one with the new, so a receiver can switch secrets without rejecting
+    a message. Each call makes a new secret.
+
+    Returns INVALID_ARGUMENT for a missing id or a grace period outside 0 to 604,800 seconds,
+    NOT_FOUND for an unknown or foreign endpoint, PERMISSION_DENIED unless the caller is an admin.
     """
     ListDeliveryAttempts: _aio.UnaryUnaryMultiCallable[_notification_service_pb2.ListDeliveryAttemptsRequest, _notification_service_pb2.ListDeliveryAttemptsResponse]  # type: ignore[assignment]
     """Lists delivery attempts, newest first, for a notification or an endpoint.
@@ -245,6 +263,21 @@ class NotificationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Deletes a webhook endpoint; deliveries still pending to it are abandoned.
 
         Returns NOT_FOUND for an unknown or foreign endpoint, PERMISSION_DENIED unless the caller is an admin.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateWebhookSecret(
+        self,
+        request: _notification_service_pb2.RotateWebhookSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_notification_service_pb2.RotateWebhookSecretResponse, _abc.Awaitable[_notification_service_pb2.RotateWebhookSecretResponse]]:
+        """Replaces an endpoint's signing secret; the new secret is returned only in this response.
+        For `grace_period_seconds` afterwards every delivery carries two signatures, one made with
+        the old secret and one with the new, so a receiver can switch secrets without rejecting
+        a message. Each call makes a new secret.
+
+        Returns INVALID_ARGUMENT for a missing id or a grace period outside 0 to 604,800 seconds,
+        NOT_FOUND for an unknown or foreign endpoint, PERMISSION_DENIED unless the caller is an admin.
         """
 
     @_abc_1.abstractmethod
