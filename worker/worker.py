@@ -20,18 +20,28 @@ from types import TracebackType
 from typing import Self
 
 import asyncpg
-import grpc
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from reporting_svc import store
 from surveymesh.auth import TokenAuthority
+from surveymesh.channels import open_channel
 from surveymesh.config import ConfigError, Settings
 from surveymesh.db import open_database
 from surveymesh.delivery.v1 import delivery_service_pb2_grpc as dgrpc
 from surveymesh.notification.v1 import notification_service_pb2_grpc as ngrpc
-from surveymesh.workflow_contract import AI_QUEUE, ALL_QUEUES, BATCH_QUEUE, QUICK_QUEUE
+from surveymesh.telemetry import ReportLifecycle, worker_interceptor
+from surveymesh.workflow_contract import (
+    AI_QUEUE,
+    ALL_QUEUES,
+    BATCH_QUEUE,
+    FULL_WORKFLOW,
+    QUICK_QUEUE,
+    QUICK_WORKFLOW,
+)
+from worker import models
 from worker.activities import SNAPSHOT_BATCH, ReportActivities
+from worker.heartbeat import AutoHeartbeat
 from worker.peers import ServiceTokens
 from worker.workflows import BatchReportWorkflow, FullReportWorkflow, QuickReportWorkflow
 
@@ -106,6 +116,29 @@ class RunningWorker:
         await self.shutdown()
 
 
+def report_telemetry(pool: asyncpg.Pool) -> Interceptor:
+    """The worker's metrics interceptor (stage durations, report counters and durations)."""
+
+    async def duration(report_id: str) -> float | None:
+        value = await pool.fetchval(
+            "SELECT extract(epoch FROM coalesce(end_time, now()) - create_time)"
+            " FROM reports WHERE id = $1",
+            report_id,
+        )
+        return None if value is None else float(value)
+
+    return worker_interceptor(
+        ReportLifecycle(
+            started=models.VALIDATE,
+            completed=models.COMPILE,
+            failed=models.FAIL,
+            cancelled=models.CANCEL,
+            kinds={QUICK_WORKFLOW: "quick", FULL_WORKFLOW: "full"},
+            duration=duration,
+        )
+    )
+
+
 async def create_worker(
     settings: Settings,
     client: Client,
@@ -143,13 +176,13 @@ async def create_worker(
             max_size=settings.db_pool_max,
         )
         cleanups.append(pool.close)
-    delivery_channel = grpc.aio.insecure_channel(settings.peer("delivery"))
-    notification_channel = grpc.aio.insecure_channel(settings.peer("notification"))
+    # TLS/mTLS when the deployment configures it, like every other part of the mesh.
+    delivery_channel = open_channel(settings, settings.peer("delivery"))
+    notification_channel = open_channel(settings, settings.peer("notification"))
     cleanups.append(delivery_channel.close)
     cleanups.append(notification_channel.close)
-    authority = TokenAuthority(
-        settings.signing_secret(), audience=settings.jwt_audience, issuer=settings.jwt_issuer
-    )
+    # The deployment's signing key (a JWK in production, the HS256 secret in development).
+    authority = TokenAuthority.from_settings(settings)
     activities = ReportActivities(
         pool,
         dgrpc.DeliveryServiceStub(delivery_channel),
@@ -158,11 +191,14 @@ async def create_worker(
         settings,
         snapshot_batch_size=snapshot_batch_size,
     )
+    cleanups.insert(0, activities.aclose)  # the AI client's connections, if one was made
     grace = (
         graceful_shutdown
         if graceful_shutdown is not None
         else timedelta(seconds=settings.grace_seconds)
     )
+    # Metrics outermost: a stage's duration includes everything the other interceptors do.
+    telemetry = [report_telemetry(pool)]
     workers = []
     for queue in dict.fromkeys(queues):
         name = settings.task_queue(queue)
@@ -173,6 +209,7 @@ async def create_worker(
                 workflows=[QuickReportWorkflow, FullReportWorkflow],
                 activities=activities.quick_activities(),
                 graceful_shutdown_timeout=grace,
+                interceptors=[*telemetry, AutoHeartbeat()],
             )
         elif queue == AI_QUEUE:
             worker = Worker(
@@ -181,6 +218,7 @@ async def create_worker(
                 activities=activities.ai_activities(),
                 max_concurrent_activities=max(1, settings.ai_concurrency),
                 graceful_shutdown_timeout=grace,
+                interceptors=[*telemetry, AutoHeartbeat()],
             )
         else:
             assert queue == BATCH_QUEUE
@@ -189,6 +227,7 @@ async def create_worker(
                 task_queue=name,
                 workflows=[BatchReportWorkflow],
                 graceful_shutdown_timeout=grace,
+                interceptors=[*telemetry, AutoHeartbeat()],
             )
         workers.append(worker)
         log.info("worker polls %s", name)
