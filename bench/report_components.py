@@ -129,7 +129,14 @@ def demo_components(count: int = 3000, *, hostile: bool = True) -> dict[str, Any
     for attribute in SEGMENT_BY:
         sizes = Counter(a[attribute] for a in attrs.values() if attribute in a)
         groups = [g for g, _ in sorted(sizes.items(), key=lambda kv: (-kv[1], kv[0]))]
-        entry: dict[str, Any] = {"attribute": attribute, "groups": dict(sizes), "questions": []}
+        entry: dict[str, Any] = {
+            "attribute": attribute,
+            "groups": {g: sizes[g] for g in groups},
+            "missing": 0,
+            "groups_left_out": 0,
+            "default": False,
+            "questions": [],
+        }
         for q in questions:
             head = {"question_id": q["id"], "text": q["text"], "type": q["type"]}
             given = answers[q["id"]]
@@ -138,19 +145,34 @@ def demo_components(count: int = 3000, *, hostile: bool = True) -> dict[str, Any
                 for rid, v in given.items():
                     by[attrs[rid][attribute]].append(float(v))
                 result = st.compare_numeric_groups(
-                    {g: np.asarray(by[g]) for g in groups if g in by}
+                    {g: np.asarray(by[g]) for g in groups if g in by}, kind=q["type"]
                 )
-            elif q["type"] in ("single_choice", "multiple_choice"):
+            elif q["type"] == "single_choice":
                 cross: dict[str, dict[str, int]] = defaultdict(dict)
                 for rid, v in given.items():
                     g = attrs[rid][attribute]
-                    for c in v if isinstance(v, list) else [v]:
-                        cross[g][c] = cross[g].get(c, 0) + 1
-                result = st.compare_categorical_groups(cross, q["options"])
+                    cross[g][v] = cross[g].get(v, 0) + 1
+                result = st.compare_categorical_groups(
+                    {g: cross[g] for g in groups if g in cross}, q["options"]
+                )
+            elif q["type"] == "multiple_choice":
+                picks: dict[str, dict[str, int]] = defaultdict(dict)
+                respondents: Counter[str] = Counter()
+                for rid, v in given.items():
+                    g = attrs[rid][attribute]
+                    respondents[g] += 1
+                    for c in v:
+                        picks[g][c] = picks[g].get(c, 0) + 1
+                result = st.compare_multiple_choice_groups(
+                    {g: picks[g] for g in groups if g in respondents},
+                    {g: respondents[g] for g in groups if g in respondents},
+                    q["options"],
+                )
             else:
                 continue
             entry["questions"].append({**head, **result})
         segments["segments"].append(entry)
+    segments = st.segment_component(segments["segments"])
 
     # sentiment and themes
     analyzer = VaderAnalyzer()

@@ -36,16 +36,33 @@ from surveymesh.notification.v1 import notification_pb2 as npb
 from surveymesh.notification.v1 import notification_service_pb2 as nspb
 from surveymesh.notification.v1 import notification_service_pb2_grpc as ngrpc
 from surveymesh.reporting.v1 import report_pb2
-from worker import models
-from worker.analytics import charts
-from worker.analytics import stats as st
+from worker import faultpoints, models
+from worker.analytics import charts, compute
+from worker.analytics.ai import (
+    THEMES_PROMPT_VERSION,
+    AIError,
+    OpenAIAnalyzer,
+    ThemeResult,
+    TransientAIError,
+)
 from worker.analytics.sentiment import (
+    NEGATIVE_TO,
+    POSITIVE_FROM,
+    LocalSentiment,
+    OpenAISentiment,
+    Scored,
     SentimentAccumulator,
     SentimentAnalyzer,
+    SentimentScorer,
     VaderAnalyzer,
     overall_label,
 )
-from worker.analytics.themes import TfidfNmfExtractor, ThemeExtractor, themes_component
+from worker.analytics.themes import (
+    TfidfNmfExtractor,
+    Theme,
+    ThemeExtractor,
+    themes_component,
+)
 from worker.models import (
     CancelInput,
     CompileResult,
@@ -72,6 +89,25 @@ UNARY_TIMEOUT = 15.0
 TEXT_CHUNK = 2000  # free-text answers scored per chunk
 MAX_THEME_DOCUMENTS = 20_000  # themes are found on a deterministic sample of this size
 MAX_SEGMENT_GROUPS = 20
+MAX_AI_THEME_DOCUMENTS = 2000  # answers per question the model assigns to themes
+AI_ATTEMPTS = 3  # from this activity attempt on, an unavailable model means local fallback
+AI_REQUESTS_IN_FLIGHT = 4  # per worker process, on top of the AI queue's activity limit
+# Version 2 of the analytics components (worker/analytics/SCHEMAS.md): additive over
+# version 1, whose keys all remain.
+SCHEMA_VERSIONS = dict.fromkeys(
+    (
+        "basic_stats",
+        "question_stats",
+        "nps",
+        "csat",
+        "segments",
+        "sentiment",
+        "themes",
+        "visualizations",
+        "summary",
+    ),
+    2,
+)
 STAT_COMPONENTS = ("basic_stats", "question_stats", "nps", "csat", "segments")
 NOTIFY_KEY_MAX = 200
 
@@ -140,6 +176,7 @@ class ReportActivities:
         self._settings = settings
         self._sentiment = sentiment
         self._themes = themes
+        self._ai: OpenAIAnalyzer | None = None
         self._batch = max(1, min(5000, snapshot_batch_size))
 
     def quick_activities(self) -> list[Callable[..., Awaitable[Any]]]:
@@ -187,11 +224,19 @@ class ReportActivities:
 
     async def _store(self, report_id: str, component: str, data: Any, *events: Event) -> None:
         try:
-            await store.store_component(self._pool, report_id, component, _json(data), *events)
+            await store.store_component(
+                self._pool,
+                report_id,
+                component,
+                _json(data),
+                *events,
+                schema_version=SCHEMA_VERSIONS.get(component, 1),
+            )
         except asyncpg.ForeignKeyViolationError:
             raise _report_missing(report_id) from None
         except LookupError:
             raise _report_missing(report_id) from None
+        await faultpoints.after_commit(component)  # inert outside the fault suite
 
     async def _stage_started(self, report_id: str, stage: str, percent: int) -> None:
         await self._append(
@@ -382,6 +427,9 @@ class ReportActivities:
                 }
                 for q in s.questions
             ],
+            # Every response the survey had (completed or not): the completion rate's base
+            # when only completed responses are snapshotted.
+            "all_responses": s.response_count,
         }
         # A survey without responses has no snapshot to stream (Delivery issues no
         # watermark for it), so its snapshot is empty and done at once.
@@ -545,23 +593,10 @@ class ReportActivities:
             return StageSummary(list(STAT_COMPONENTS))
         await self._stage_started(ref.report_id, "statistics", inp.progress_from)
         survey = await self._survey(ref.report_id)
-        n = survey["response_count"]
-        computed: dict[str, Any] = {}
-        computed["basic_stats"] = await self._basic_stats(ref, n)
-        activity.heartbeat("basic_stats")
-        questions, nps_list, csat_list = [], [], []
-        for q in self._questions(survey, ref):
-            qs, extra = await self._question_stats(ref.report_id, q, n)
-            questions.append(qs)
-            if q["type"] == "nps":
-                nps_list.append({"question_id": q["id"], "text": q["text"], **extra})
-            elif q["type"] == "rating":
-                csat_list.append({"question_id": q["id"], "text": q["text"], **extra})
-            activity.heartbeat(q["id"])
-        computed["question_stats"] = {"response_count": n, "questions": questions}
-        computed["nps"] = {"questions": nps_list}
-        computed["csat"] = {"satisfied_from": 4, "questions": csat_list}
-        computed["segments"] = await self._segments(ref, survey)
+        async with self._pool.acquire() as conn:
+            computed = await compute.statistics_components(
+                conn, ref.report_id, survey, ref.options, progress=activity.heartbeat
+            )
         span = inp.progress_to - inp.progress_from
         for i, name in enumerate(STAT_COMPONENTS, start=1):
             if name in existing:
@@ -583,187 +618,61 @@ class ReportActivities:
             await self._store(ref.report_id, name, computed[name], *events)
         return StageSummary(list(STAT_COMPONENTS))
 
-    async def _basic_stats(self, ref: ReportRef, n: int) -> dict[str, Any]:
-        row = await self._pool.fetchrow(
-            """
-            SELECT coalesce(array_agg(completed), '{}') AS completed,
-                   coalesce(array_agg(extract(epoch FROM complete_time - start_time)::float8)
-                       FILTER (WHERE completed AND complete_time IS NOT NULL
-                               AND start_time IS NOT NULL), '{}') AS durations
-            FROM snapshot_responses WHERE report_id = $1
-            """,
-            ref.report_id,
-        )
-        assert row is not None
-        interval = "week" if ref.options.trend_interval == "week" else "day"
-        buckets = await self._pool.fetch(
-            """
-            SELECT date_trunc($2, coalesce(complete_time, start_time), 'UTC') AS bucket,
-                   count(*) AS n
-            FROM snapshot_responses
-            WHERE report_id = $1 AND coalesce(complete_time, start_time) IS NOT NULL
-            GROUP BY 1
-            """,
-            ref.report_id,
-            interval,
-        )
-        out = st.completion_stats(
-            np.asarray(row["completed"], dtype=bool), np.asarray(row["durations"], dtype=np.float64)
-        )
-        out["trend_interval"] = interval
-        out["trend"] = st.trend({b["bucket"]: b["n"] for b in buckets}, interval)
-        out["include_incomplete"] = ref.options.include_incomplete
-        return out
-
-    async def _numbers(self, report_id: str, question_id: str) -> np.ndarray:
-        values = await self._pool.fetchval(
-            "SELECT coalesce(array_agg(number), '{}') FROM snapshot_answers"
-            " WHERE report_id = $1 AND question_id = $2 AND number IS NOT NULL",
-            report_id,
-            question_id,
-        )
-        return np.asarray(values, dtype=np.float64)
-
-    async def _question_stats(
-        self, report_id: str, q: dict[str, Any], n: int
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """One question's figures, plus its NPS or CSAT block (for those types)."""
-        base = {"question_id": q["id"], "text": q["text"], "type": q["type"]}
-        kind = q["type"]
-        if kind in ("rating", "nps", "number"):
-            values = await self._numbers(report_id, q["id"])
-            summary = st.numeric_summary(values, skipped=max(0, n - values.size))
-            base.update(n=summary["n"], skipped=summary["skipped"], summary=summary)
-            if kind == "rating":
-                base["distribution"] = st.integer_distribution(values, 1, 5)
-                return base, st.csat(values)
-            if kind == "nps":
-                base["distribution"] = st.integer_distribution(values, 0, 10)
-                return base, st.nps(values)
-            return base, {}
-        if kind == "single_choice":
-            rows = await self._pool.fetch(
-                "SELECT text AS option, count(*) AS c FROM snapshot_answers"
-                " WHERE report_id = $1 AND question_id = $2 AND text IS NOT NULL GROUP BY text",
-                report_id,
-                q["id"],
-            )
-            answered = sum(int(r["c"]) for r in rows)
-        elif kind == "multiple_choice":
-            rows = await self._pool.fetch(
-                "SELECT c.option, count(*) AS c FROM snapshot_answers a,"
-                " unnest(a.choices) AS c(option)"
-                " WHERE a.report_id = $1 AND a.question_id = $2 GROUP BY c.option",
-                report_id,
-                q["id"],
-            )
-            answered = int(
-                await self._pool.fetchval(
-                    "SELECT count(*) FROM snapshot_answers WHERE report_id = $1"
-                    " AND question_id = $2 AND choices IS NOT NULL",
-                    report_id,
-                    q["id"],
-                )
-            )
-        else:  # free text
-            row = await self._pool.fetchrow(
-                "SELECT count(*) AS c, avg(length(text))::float8 AS len FROM snapshot_answers"
-                " WHERE report_id = $1 AND question_id = $2 AND text IS NOT NULL",
-                report_id,
-                q["id"],
-            )
-            assert row is not None
-            answered = int(row["c"])
-            base.update(n=answered, skipped=max(0, n - answered), mean_length=row["len"])
-            return base, {}
-        dist = st.choice_distribution(
-            {r["option"]: int(r["c"]) for r in rows},
-            q["options"],
-            answered=answered,
-            skipped=max(0, n - answered),
-        )
-        base.update(dist)
-        return base, {}
-
-    async def _segments(self, ref: ReportRef, survey: dict[str, Any]) -> dict[str, Any]:
-        """Figures split by each requested respondent attribute, with significance tests."""
-        out: dict[str, Any] = {"segments": []}
-        if not ref.options.segment_by:
-            out["note"] = "no segment_by option was given"
-            return out
-        questions = self._questions(
-            survey, ref, "rating", "nps", "number", "single_choice", "multiple_choice"
-        )
-        for attribute in ref.options.segment_by:
-            sizes = await self._pool.fetch(
-                "SELECT attributes->>$2 AS g, count(*) AS n FROM snapshot_responses"
-                " WHERE report_id = $1 AND attributes ? $2 GROUP BY 1 ORDER BY 2 DESC, 1"
-                " LIMIT $3",
-                ref.report_id,
-                attribute,
-                MAX_SEGMENT_GROUPS,
-            )
-            groups = [r["g"] for r in sizes]
-            entry: dict[str, Any] = {
-                "attribute": attribute,
-                "groups": {r["g"]: int(r["n"]) for r in sizes},
-                "questions": [],
-            }
-            for q in questions if len(groups) >= 2 else []:
-                entry["questions"].append(
-                    await self._segment_question(ref.report_id, q, attribute, groups)
-                )
-                activity.heartbeat(f"segments:{attribute}:{q['id']}")
-            out["segments"].append(entry)
-        return out
-
-    async def _segment_question(
-        self, report_id: str, q: dict[str, Any], attribute: str, groups: list[str]
-    ) -> dict[str, Any]:
-        head = {"question_id": q["id"], "text": q["text"], "type": q["type"]}
-        if q["type"] in ("rating", "nps", "number"):
-            rows = await self._pool.fetch(
-                "SELECT r.attributes->>$3 AS g, array_agg(a.number) AS v"
-                " FROM snapshot_answers a JOIN snapshot_responses r"
-                "   ON r.report_id = a.report_id AND r.response_id = a.response_id"
-                " WHERE a.report_id = $1 AND a.question_id = $2 AND a.number IS NOT NULL"
-                "   AND r.attributes->>$3 = ANY($4::text[])"
-                " GROUP BY 1",
-                report_id,
-                q["id"],
-                attribute,
-                groups,
-            )
-            result = st.compare_numeric_groups(
-                {r["g"]: np.asarray(r["v"], dtype=np.float64) for r in rows}
-            )
-            return {**head, **result}
-        if q["type"] == "single_choice":
-            sql = (
-                "SELECT r.attributes->>$3 AS g, a.text AS c, count(*) AS n"
-                " FROM snapshot_answers a JOIN snapshot_responses r"
-                "   ON r.report_id = a.report_id AND r.response_id = a.response_id"
-                " WHERE a.report_id = $1 AND a.question_id = $2 AND a.text IS NOT NULL"
-                "   AND r.attributes->>$3 = ANY($4::text[]) GROUP BY 1, 2"
-            )
-        else:
-            # Multiple choice: each option is tested as picked / not picked would be more
-            # exact; the cross-tab of picks per group is the simpler first figure.
-            sql = (
-                "SELECT r.attributes->>$3 AS g, c.option AS c, count(*) AS n"
-                " FROM snapshot_answers a JOIN snapshot_responses r"
-                "   ON r.report_id = a.report_id AND r.response_id = a.response_id,"
-                " unnest(a.choices) AS c(option)"
-                " WHERE a.report_id = $1 AND a.question_id = $2"
-                "   AND r.attributes->>$3 = ANY($4::text[]) GROUP BY 1, 2"
-            )
-        rows = await self._pool.fetch(sql, report_id, q["id"], attribute, groups)
-        counts: dict[str, dict[str, int]] = {}
-        for r in rows:
-            counts.setdefault(r["g"], {})[r["c"]] = int(r["n"])
-        return {**head, **st.compare_categorical_groups(counts, q["options"])}
-
     # -- 4. AI: sentiment and themes -------------------------------------------------------
+
+    def _openai(self) -> OpenAIAnalyzer | None:
+        """The OpenAI analyzer when a key is configured (built once, lazily)."""
+        if not self._settings.openai_api_key:
+            return None
+        if self._ai is None:
+            self._ai = OpenAIAnalyzer.create(
+                api_key=self._settings.openai_api_key,
+                base_url=self._settings.openai_base_url,
+                model=self._settings.openai_model,
+                timeout=self._settings.openai_timeout,
+                max_retries=self._settings.openai_max_retries,
+                concurrency=AI_REQUESTS_IN_FLIGHT,
+            )
+        return self._ai
+
+    async def aclose(self) -> None:
+        """Closes the AI client's connections (the pool and channels are the worker's)."""
+        if self._ai is not None:
+            await self._ai.close()
+            self._ai = None
+
+    @staticmethod
+    def _fallback(err: AIError, analyzer: str) -> dict[str, str]:
+        """Decides what an AI failure means for this attempt of the activity.
+
+        A transient failure (rate limit, server error, timeout) that the client's own
+        retries did not overcome fails the attempt, so Temporal retries it later; from
+        attempt ``AI_ATTEMPTS`` on, and at once for a malformed or refused answer, the
+        activity falls back to the local analyzers and records why in the provenance.
+
+        Raises:
+            ApplicationError: retryable ``AI_UNAVAILABLE``, to let Temporal retry.
+        """
+        attempt = activity.info().attempt
+        if isinstance(err, TransientAIError) and attempt < AI_ATTEMPTS:
+            raise ApplicationError(
+                f"{analyzer}: {err} (attempt {attempt}; local fallback after {AI_ATTEMPTS})",
+                type=err.reason,
+            ) from err
+        log.warning("%s failed (%s); falling back to the local analyzer", analyzer, err.reason)
+        return {
+            "fallback_from": analyzer,
+            "fallback_reason": err.reason,
+            "fallback_detail": str(err)[:300],
+        }
+
+    async def _segment_attributes(self, ref: ReportRef, survey: dict[str, Any]) -> list[str]:
+        """The attributes sentiment is split by: as for the statistics (requested or default)."""
+        async with self._pool.acquire() as conn:
+            segs = await compute.choose_segments(
+                conn, ref.report_id, ref.options.segment_by, int(survey["response_count"])
+            )
+        return [s.attribute for s in segs]
 
     async def _texts(self, report_id: str, question_id: str, attributes: Sequence[str]) -> Any:
         """Yields chunks of (ids, texts, attribute values) of one free-text question."""
@@ -793,28 +702,43 @@ class ReportActivities:
             if ids:
                 yield ids, texts, attrs
 
-    @activity.defn(name=models.SENTIMENT)
-    async def analyze_sentiment(self, inp: StageInput) -> StageSummary:
-        """Scores every free-text answer and stores the ``sentiment`` component."""
-        ref = inp.report
-        if "sentiment" in await self._existing_components(ref.report_id):
-            return StageSummary(["sentiment"])
-        await self._stage_started(ref.report_id, "sentiment", inp.progress_from)
-        survey = await self._survey(ref.report_id)
-        analyzer = self._sentiment_analyzer()
-        segment_by = list(ref.options.segment_by)
+    async def _store_labels(
+        self, report_id: str, question_id: str, ids: Sequence[str], scored: Scored
+    ) -> None:
+        """Upserts one chunk's per-answer labels (a retry or a fallback overwrites them)."""
+        codes = np.select(
+            [scored.labels == "positive", scored.labels == "negative"], [1, -1], default=0
+        )
+        await self._pool.execute(
+            "INSERT INTO answer_sentiment"
+            " (report_id, question_id, response_id, label, score, confidence)"
+            " SELECT $1, $2, u.id, u.label, u.score, u.confidence"
+            " FROM unnest($3::text[], $4::int2[], $5::float4[], $6::float4[])"
+            "   AS u(id, label, score, confidence)"
+            " ON CONFLICT (report_id, question_id, response_id) DO UPDATE SET"
+            "   label = excluded.label, score = excluded.score, confidence = excluded.confidence",
+            report_id,
+            question_id,
+            list(ids),
+            codes.astype(int).tolist(),
+            scored.scores.astype(float).tolist(),
+            np.asarray(scored.confidence, dtype=float).tolist(),
+        )
+
+    async def _sentiment_component(
+        self, ref: ReportRef, survey: dict[str, Any], scorer: SentimentScorer
+    ) -> dict[str, Any]:
+        segment_by = await self._segment_attributes(ref, survey)
         overall = SentimentAccumulator()
-        abs_scores = 0.0
         questions = []
         for q in self._questions(survey, ref, "free_text"):
             acc = SentimentAccumulator()
             by_segment: dict[str, dict[str, SentimentAccumulator]] = {a: {} for a in segment_by}
             async for ids, texts, attrs in self._texts(ref.report_id, q["id"], segment_by):
-                # VADER is CPU-bound: off the event loop, so heartbeats keep flowing.
-                scores = await asyncio.to_thread(analyzer.score, texts)
-                acc.add(ids, texts, scores)
-                overall.add(ids, texts, scores)
-                abs_scores += float(np.abs(scores).sum())
+                scored = await scorer.score_texts(texts)
+                await self._store_labels(ref.report_id, q["id"], ids, scored)
+                acc.add(ids, texts, scored.scores, scored.labels, scored.confidence)
+                overall.add(ids, texts, scored.scores, scored.labels, scored.confidence)
                 for j, attribute in enumerate(segment_by):
                     groups = by_segment[attribute]
                     # Group the chunk first, so each segment gets one vectorised add.
@@ -827,7 +751,11 @@ class ReportActivities:
                         if g not in groups and len(groups) >= MAX_SEGMENT_GROUPS:
                             continue
                         groups.setdefault(g, SentimentAccumulator(quotes=1)).add(
-                            [ids[k] for k in idx], [texts[k] for k in idx], scores[idx]
+                            [ids[k] for k in idx],
+                            [texts[k] for k in idx],
+                            scored.scores[idx],
+                            scored.labels[idx],
+                            scored.confidence[idx],
                         )
                 activity.heartbeat(f"{q['id']}:{acc.n}")
             result = acc.result()
@@ -844,15 +772,49 @@ class ReportActivities:
                 }
             )
         total = overall.result()
-        component = {
+        confidence = total["confidence"] or 0.0
+        return {
             "provenance": {
-                "analyzer": analyzer.name,
-                "prompt_version": analyzer.prompt_version,
-                "confidence": abs_scores / overall.n if overall.n else 0.0,
+                "analyzer": scorer.name,
+                "prompt_version": scorer.prompt_version,
+                "confidence": confidence,
             },
+            "confidence": confidence,
+            "labels": {
+                "table": "answer_sentiment",
+                "thresholds": {"positive_from": POSITIVE_FROM, "negative_to": NEGATIVE_TO}
+                if scorer.name.startswith("local:")
+                else None,
+            },
+            "segment_by": segment_by,
             "overall": {"label": overall_label(total["mean_score"]), **total},
             "questions": questions,
         }
+
+    @activity.defn(name=models.SENTIMENT)
+    async def analyze_sentiment(self, inp: StageInput) -> StageSummary:
+        """Scores every free-text answer and stores the ``sentiment`` component.
+
+        With an OpenAI key the model labels the answers; a failure it cannot recover from
+        falls back to VADER, recorded in the component's provenance.
+        """
+        ref = inp.report
+        if "sentiment" in await self._existing_components(ref.report_id):
+            return StageSummary(["sentiment"])
+        await self._stage_started(ref.report_id, "sentiment", inp.progress_from)
+        survey = await self._survey(ref.report_id)
+        component: dict[str, Any] | None = None
+        fallback: dict[str, str] = {}
+        ai = self._openai()
+        if ai is not None:
+            try:
+                component = await self._sentiment_component(ref, survey, OpenAISentiment(ai))
+            except AIError as err:
+                fallback = self._fallback(err, ai.name)
+        if component is None:
+            local = LocalSentiment(self._sentiment_analyzer())
+            component = await self._sentiment_component(ref, survey, local)
+            component["provenance"].update(fallback)
         await self._store(
             ref.report_id,
             "sentiment",
@@ -861,64 +823,165 @@ class ReportActivities:
         )
         return StageSummary(["sentiment"])
 
+    async def _theme_sample(
+        self, report_id: str, question_id: str
+    ) -> tuple[int, list[str], list[str]]:
+        """All answers' count and a deterministic pseudo-random sample (ids, texts)."""
+        total = int(
+            await self._pool.fetchval(
+                "SELECT count(*) FROM snapshot_answers WHERE report_id = $1"
+                " AND question_id = $2 AND text IS NOT NULL",
+                report_id,
+                question_id,
+            )
+        )
+        # The md5 order bounds time and memory for huge surveys, identically on every retry.
+        rows = await self._pool.fetch(
+            "SELECT response_id, text FROM snapshot_answers WHERE report_id = $1"
+            " AND question_id = $2 AND text IS NOT NULL ORDER BY md5(response_id), response_id"
+            " LIMIT $3",
+            report_id,
+            question_id,
+            MAX_THEME_DOCUMENTS if self._openai() is None else MAX_AI_THEME_DOCUMENTS,
+        )
+        return total, [r["response_id"] for r in rows], [r["text"] for r in rows]
+
+    async def _local_themes(
+        self, ids: list[str], texts: list[str]
+    ) -> tuple[list[Theme], np.ndarray | None]:
+        extractor = self._theme_extractor()
+        found = await asyncio.to_thread(extractor.extract, texts, max(2, min(8, len(texts) // 25)))
+        scores = None
+        if found:
+            scores = await asyncio.to_thread(self._sentiment_analyzer().score, texts)
+        return found, scores
+
+    @staticmethod
+    def _ai_themes(result: ThemeResult, evidence: int = 3) -> list[Theme]:
+        themes = []
+        for k, th in enumerate(result.themes):
+            members = np.flatnonzero(result.theme == k)
+            if members.size == 0:
+                continue
+            order = members[np.lexsort((members, -result.relevance[members]))]
+            themes.append(
+                Theme(
+                    name=th.name.strip()[:80],
+                    description=th.description.strip()[:300],
+                    terms=[t.strip() for t in th.keywords][:5],
+                    members=[int(i) for i in members],
+                    evidence=[int(i) for i in order[:evidence]],
+                    strength=float(result.relevance[members].mean()),
+                )
+            )
+        themes.sort(key=lambda t: (-len(t.members), t.name))
+        return themes
+
     @activity.defn(name=models.THEMES)
     async def extract_themes(self, inp: StageInput) -> StageSummary:
-        """Finds themes per free-text question and stores the ``themes`` component."""
+        """Finds themes per free-text question and stores the ``themes`` component.
+
+        With an OpenAI key the model names the themes and assigns the (sampled) answers;
+        otherwise, or after a failure it cannot recover from, TF-IDF + NMF does.
+        """
         ref = inp.report
         if "themes" in await self._existing_components(ref.report_id):
             return StageSummary(["themes"])
         await self._stage_started(ref.report_id, "themes", inp.progress_from)
         survey = await self._survey(ref.report_id)
-        extractor = self._theme_extractor()
-        analyzer = self._sentiment_analyzer()
+        ai = self._openai()
+        fallback: dict[str, str] = {}
+        use_ai = ai is not None
         questions = []
         strengths: list[float] = []
         for q in self._questions(survey, ref, "free_text"):
-            total = int(
-                await self._pool.fetchval(
-                    "SELECT count(*) FROM snapshot_answers WHERE report_id = $1"
-                    " AND question_id = $2 AND text IS NOT NULL",
-                    ref.report_id,
-                    q["id"],
-                )
-            )
-            # A deterministic pseudo-random sample bounds time and memory for huge surveys.
-            rows = await self._pool.fetch(
-                "SELECT response_id, text FROM snapshot_answers WHERE report_id = $1"
-                " AND question_id = $2 AND text IS NOT NULL ORDER BY md5(response_id), response_id"
-                " LIMIT $3",
-                ref.report_id,
-                q["id"],
-                MAX_THEME_DOCUMENTS,
-            )
-            ids = [r["response_id"] for r in rows]
-            texts = [r["text"] for r in rows]
-            n_themes = max(2, min(8, len(texts) // 25))
-            found = await asyncio.to_thread(extractor.extract, texts, n_themes)
+            total, ids, texts = await self._theme_sample(ref.report_id, q["id"])
+            found: list[Theme] = []
+            scores: np.ndarray | None = None
+            if use_ai and ai is not None:
+                try:
+                    result = await ai.themes(texts)
+                    found, scores = self._ai_themes(result), result.sentiment
+                except AIError as err:
+                    fallback = self._fallback(err, ai.name)
+                    # Questions already done by the model are redone locally, so the
+                    # whole component comes from one analyzer.
+                    return await self._themes_locally(inp, survey, fallback)
+            else:
+                found, scores = await self._local_themes(ids, texts)
             activity.heartbeat(q["id"])
-            scores = await asyncio.to_thread(analyzer.score, texts) if found else None
-            themes = themes_component(found, ids, texts, scores, total_documents=len(texts))
             strengths.extend(t.strength for t in found)
-            questions.append(
-                {
-                    "question_id": q["id"],
-                    "text": q["text"],
-                    "answers": total,
-                    "sampled": len(texts),
-                    "themes": themes,
-                }
-            )
+            questions.append(self._theme_question(q, total, ids, texts, found, scores))
+        if ai is not None and use_ai:
+            provenance = {
+                "analyzer": ai.name,
+                "prompt_version": THEMES_PROMPT_VERSION,
+                "sentiment_analyzer": ai.name,
+            }
+        else:
+            provenance = self._local_theme_provenance()
+        return await self._store_themes(inp, provenance, questions, strengths)
+
+    async def _themes_locally(
+        self, inp: StageInput, survey: dict[str, Any], fallback: dict[str, str]
+    ) -> StageSummary:
+        ref = inp.report
+        questions = []
+        strengths: list[float] = []
+        for q in self._questions(survey, ref, "free_text"):
+            total, ids, texts = await self._theme_sample(ref.report_id, q["id"])
+            found, scores = await self._local_themes(ids, texts)
+            activity.heartbeat(q["id"])
+            strengths.extend(t.strength for t in found)
+            questions.append(self._theme_question(q, total, ids, texts, found, scores))
+        provenance = {**self._local_theme_provenance(), **fallback}
+        return await self._store_themes(inp, provenance, questions, strengths)
+
+    def _local_theme_provenance(self) -> dict[str, Any]:
+        extractor = self._theme_extractor()
+        return {
+            "analyzer": extractor.name,
+            "prompt_version": extractor.prompt_version,
+            "sentiment_analyzer": self._sentiment_analyzer().name,
+            "random_state": getattr(extractor, "random_state", None),
+        }
+
+    @staticmethod
+    def _theme_question(
+        q: dict[str, Any],
+        total: int,
+        ids: list[str],
+        texts: list[str],
+        found: list[Theme],
+        scores: np.ndarray | None,
+    ) -> dict[str, Any]:
+        return {
+            "question_id": q["id"],
+            "text": q["text"],
+            "answers": total,
+            "sampled": len(texts),
+            "unassigned": len(texts) - sum(len(t.members) for t in found),
+            "themes": themes_component(found, ids, texts, scores, total_documents=len(texts)),
+        }
+
+    async def _store_themes(
+        self,
+        inp: StageInput,
+        provenance: dict[str, Any],
+        questions: list[dict[str, Any]],
+        strengths: list[float],
+    ) -> StageSummary:
+        confidence = float(np.mean(strengths)) if strengths else 0.0
         component = {
-            "provenance": {
-                "analyzer": extractor.name,
-                "prompt_version": extractor.prompt_version,
-                "confidence": float(np.mean(strengths)) if strengths else 0.0,
-                "sentiment_analyzer": analyzer.name,
-            },
+            "provenance": {**provenance, "confidence": confidence},
+            "confidence": confidence,
             "questions": questions,
         }
         await self._store(
-            ref.report_id, "themes", component, self._stage_completed("themes", inp.progress_to)
+            inp.report.report_id,
+            "themes",
+            component,
+            self._stage_completed("themes", inp.progress_to),
         )
         return StageSummary(["themes"])
 
@@ -960,7 +1023,7 @@ class ReportActivities:
         if "summary" not in existing:
             await self._stage_started(ref.report_id, "compile", 97)
             parts = await self._components(
-                ref.report_id, ["basic_stats", "nps", "csat", "sentiment"]
+                ref.report_id, ["basic_stats", "nps", "csat", "sentiment", "segments", "themes"]
             )
             summary = {
                 "title": survey.get("title", ""),
@@ -1101,5 +1164,32 @@ def _headlines(parts: dict[str, Any]) -> dict[str, Any]:
             "label": sentiment["overall"]["label"],
             "mean_score": sentiment["overall"]["mean_score"],
             "analyzer": sentiment["provenance"]["analyzer"],
+            "fallback_from": sentiment["provenance"].get("fallback_from"),
         }
+    # The strongest differences that survive the multiple-comparison correction: which
+    # group differs from the rest, on which question, by how much.
+    findings = []
+    segments = parts.get("segments") or {}
+    for seg in segments.get("segments", []):
+        for q in seg.get("questions", []):
+            for c in q.get("comparisons", []):
+                if c.get("significant") and c.get("effect_size") is not None:
+                    findings.append(
+                        {
+                            "attribute": seg["attribute"],
+                            "group": c["group"],
+                            "versus": c["versus"],
+                            "question_id": q["question_id"],
+                            "test": c["test"],
+                            "p_adjusted": c.get("p_adjusted"),
+                            "effect_size": c["effect_size"],
+                            "effect_size_name": c["effect_size_name"],
+                        }
+                    )
+    findings.sort(key=lambda f: -abs(f["effect_size"]))
+    head["significant_differences"] = findings[:5]
+    head["correction"] = segments.get("correction")
+    themes = parts.get("themes")
+    if themes:
+        head["themes_analyzer"] = themes["provenance"]["analyzer"]
     return head

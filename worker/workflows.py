@@ -73,7 +73,10 @@ RETRY = RetryPolicy(
 )
 SHORT = timedelta(seconds=30)
 LONG = timedelta(hours=2)
-HEARTBEAT = timedelta(seconds=30)
+# Every activity heartbeats (worker.heartbeat.AutoHeartbeat beats for the quiet ones), so
+# a SIGKILLed worker's attempt is retried elsewhere after this long, not after its
+# start-to-close timeout.
+HEARTBEAT = timedelta(seconds=10)
 
 SURVEY_ID = SearchAttributeKey.for_keyword("SurveyId")
 ORG_ID = SearchAttributeKey.for_keyword("OrganizationId")
@@ -136,7 +139,7 @@ class _ReportPipeline:
         result_type: type[T] | None,
         *,
         start_to_close: timedelta = SHORT,
-        heartbeat: timedelta | None = None,
+        heartbeat: timedelta | None = HEARTBEAT,
         queue: str | None = None,
     ) -> Any:
         return await workflow.execute_activity(

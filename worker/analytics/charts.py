@@ -76,6 +76,81 @@ def stacked_share(
     }
 
 
+def bars_with_ci(
+    values: Sequence[Mapping[str, Any]],
+    *,
+    x: str,
+    y: str,
+    low: str = "low",
+    high: str = "high",
+    y_title: str = "",
+    color: str | None = None,
+) -> dict[str, Any]:
+    """Horizontal bars of ``y`` per category ``x`` with 95 % CI whiskers (``low``-``high``).
+
+    A layered spec: the bars and the error rules share the inline data, so the interval
+    is drawn exactly where the figure is.
+    """
+    cat = {"field": x, "type": "nominal", "sort": [v[x] for v in values], "title": None}
+    bar_enc: dict[str, Any] = {
+        "y": cat,
+        "x": {"field": y, "type": "quantitative", "title": y_title or y},
+        "tooltip": [
+            {"field": x},
+            {"field": y, "format": ".2f"},
+            {"field": low, "format": ".2f", "title": "95% CI low"},
+            {"field": high, "format": ".2f", "title": "95% CI high"},
+        ],
+    }
+    if color:
+        bar_enc["color"] = {"field": color, "type": "nominal"}
+    return {
+        "data": {"values": list(values)},
+        "layer": [
+            {"mark": "bar", "encoding": bar_enc},
+            {
+                "mark": {"type": "rule", "color": "#343a40"},
+                "encoding": {
+                    "y": cat,
+                    "x": {"field": low, "type": "quantitative"},
+                    "x2": {"field": high},
+                },
+            },
+        ],
+    }
+
+
+def stacked_groups(
+    values: Sequence[Mapping[str, Any]], *, group: str, category: str, order: Sequence[str]
+) -> dict[str, Any]:
+    """One 100 % stacked bar per group (a cross-tab's row percentages)."""
+    return {
+        "data": {"values": list(values)},
+        "mark": "bar",
+        "encoding": {
+            "y": {"field": group, "type": "nominal", "title": None},
+            "x": {
+                "field": "percent",
+                "type": "quantitative",
+                "stack": "normalize",
+                "title": "share",
+            },
+            "color": {"field": category, "type": "nominal", "sort": list(order)},
+            "tooltip": [
+                {"field": group},
+                {"field": category},
+                {"field": "percent", "format": ".1f"},
+                {"field": "count"},
+            ],
+        },
+    }
+
+
+def _ci(row: Mapping[str, Any], key: str = "ci95") -> tuple[Any, Any]:
+    ci = row.get(key) or [None, None]
+    return ci[0], ci[1]
+
+
 def basic_stats_charts(basic: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The response trend."""
     points = basic.get("trend") or []
@@ -144,51 +219,191 @@ def nps_charts(nps_component: Mapping[str, Any]) -> list[dict[str, Any]]:
     return charts
 
 
-def csat_charts(csat_component: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """CSAT score per rating question."""
-    rows = [
-        {"question": q.get("text") or q["question_id"], "score": q["score"]}
-        for q in csat_component.get("questions", [])
-        if q.get("score") is not None
+def nps_score_charts(nps_component: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each NPS question's score with its 95 % CI."""
+    rows = []
+    for q in nps_component.get("questions", []):
+        if q.get("score") is None:
+            continue
+        lo, hi = _ci(q)
+        rows.append(
+            {
+                "question": q.get("text") or q["question_id"],
+                "score": q["score"],
+                "low": lo,
+                "high": hi,
+            }
+        )
+    if not rows:
+        return []
+    return [
+        _chart(
+            "nps_scores",
+            "Net Promoter Score with 95% CI",
+            "nps",
+            bars_with_ci(rows, x="question", y="score", y_title="NPS"),
+        )
     ]
+
+
+def csat_charts(csat_component: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """CSAT score per rating question, with its 95 % (Wilson) CI."""
+    rows = []
+    for q in csat_component.get("questions", []):
+        if q.get("score") is None:
+            continue
+        lo, hi = _ci(q)
+        rows.append(
+            {
+                "question": q.get("text") or q["question_id"],
+                "score": q["score"],
+                "low": lo,
+                "high": hi,
+            }
+        )
     if not rows:
         return []
     return [
         _chart(
             "csat",
-            "CSAT (share of 4-5 ratings)",
+            "CSAT (share of 4-5 ratings) with 95% CI",
             "csat",
-            bar_chart(rows, x="question", y="score", y_title="% satisfied", horizontal=True),
+            bars_with_ci(rows, x="question", y="score", y_title="% satisfied"),
         )
     ]
 
 
+def _verdict(q: Mapping[str, Any]) -> str:
+    test = q.get("test") or {}
+    p = test.get("p_adjusted", test.get("p_value"))
+    if p is None:
+        return "not tested"
+    word = "significant" if test.get("significant") else "not significant"
+    return f"{word}, adjusted p={p:.3g}"
+
+
 def segment_charts(segments: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Mean per segment for numeric questions."""
+    """Per segment: means with 95 % CIs (numeric), NPS with CIs, row shares (choices)."""
     charts = []
     for seg in segments.get("segments", []):
+        attribute = seg["attribute"]
         for q in seg.get("questions", []):
+            title = f"{q.get('text') or q['question_id']} by {attribute} ({_verdict(q)})"
+            chart_id = f"segment:{attribute}:{q['question_id']}"
             groups = q.get("groups")
-            if not groups:
-                continue
-            rows = [{"segment": g, "mean": s.get("mean")} for g, s in groups.items()]
-            charts.append(
-                _chart(
-                    f"segment:{seg['attribute']}:{q['question_id']}",
-                    f"{q.get('text') or q['question_id']} by {seg['attribute']}",
-                    "segments",
-                    bar_chart(rows, x="segment", y="mean"),
+            if groups:
+                rows = []
+                for g, s in groups.items():
+                    lo, hi = _ci(s)
+                    rows.append(
+                        {
+                            "segment": g,
+                            "mean": s.get("mean"),
+                            "low": lo,
+                            "high": hi,
+                            "n": s.get("n"),
+                        }
+                    )
+                charts.append(
+                    _chart(
+                        chart_id,
+                        title,
+                        "segments",
+                        bars_with_ci(rows, x="segment", y="mean", y_title="mean"),
+                    )
                 )
-            )
+                nps_rows = []
+                for g, s in groups.items():
+                    nps_g = s.get("nps") or {}
+                    if nps_g.get("score") is not None:
+                        lo, hi = _ci(nps_g)
+                        nps_rows.append(
+                            {"segment": g, "score": nps_g["score"], "low": lo, "high": hi}
+                        )
+                if nps_rows:
+                    charts.append(
+                        _chart(
+                            f"segment_nps:{attribute}:{q['question_id']}",
+                            f"NPS by {attribute}: {q.get('text') or q['question_id']}",
+                            "segments",
+                            bars_with_ci(nps_rows, x="segment", y="score", y_title="NPS"),
+                        )
+                    )
+            elif q.get("crosstab"):
+                cats = q.get("categories") or []
+                rows = [
+                    {
+                        "segment": r["group"],
+                        "option": c,
+                        "percent": r["percent"].get(c, 0.0),
+                        "count": r["counts"].get(c, 0),
+                    }
+                    for r in q["crosstab"]
+                    for c in cats
+                ]
+                if q.get("type") == "multiple_choice":
+                    # Shares of respondents: they do not add up to 100 %, so bars side by side.
+                    spec = {
+                        "data": {"values": rows},
+                        "mark": "bar",
+                        "encoding": {
+                            "y": {
+                                "field": "option",
+                                "type": "nominal",
+                                "sort": list(cats),
+                                "title": None,
+                            },
+                            "yOffset": {"field": "segment", "type": "nominal"},
+                            "x": {
+                                "field": "percent",
+                                "type": "quantitative",
+                                "title": "% of respondents",
+                            },
+                            "color": {"field": "segment", "type": "nominal"},
+                            "tooltip": [
+                                {"field": "segment"},
+                                {"field": "option"},
+                                {"field": "percent", "format": ".1f"},
+                            ],
+                        },
+                    }
+                else:
+                    spec = stacked_groups(rows, group="segment", category="option", order=cats)
+                charts.append(_chart(chart_id, title, "segments", spec))
     return charts
 
 
 def sentiment_charts(sentiment: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Label shares per free-text question."""
+    """Label shares per free-text question, and per segment."""
     charts = []
     for q in sentiment.get("questions", []):
         if not q.get("n"):
             continue
+        for attribute, groups in (q.get("segments") or {}).items():
+            rows = [
+                {
+                    "segment": g,
+                    "label": label,
+                    "percent": r.get("percent", {}).get(label, 0.0),
+                    "count": r.get("counts", {}).get(label, 0),
+                }
+                for g, r in groups.items()
+                for label in ("negative", "neutral", "positive")
+            ]
+            if rows:
+                charts.append(
+                    _chart(
+                        f"sentiment_segments:{q['question_id']}:{attribute}",
+                        f"Sentiment by {attribute}: {q.get('text') or q['question_id']}",
+                        "sentiment",
+                        stacked_groups(
+                            rows,
+                            group="segment",
+                            category="label",
+                            order=["negative", "neutral", "positive"],
+                        ),
+                    )
+                )
         rows = [{"label": k, "percent": v} for k, v in q.get("percent", {}).items()]
         charts.append(
             _chart(
@@ -205,21 +420,32 @@ def theme_charts(themes: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Share of answers per theme."""
     charts = []
     for q in themes.get("questions", []):
-        rows = [{"theme": t["name"], "share": 100.0 * t["share"]} for t in q.get("themes", [])]
+        rows = []
+        for t in q.get("themes", []):
+            lo, hi = _ci(t, "share_ci95")
+            rows.append(
+                {
+                    "theme": t["name"],
+                    "share": 100.0 * t["share"],
+                    "low": None if lo is None else 100.0 * lo,
+                    "high": None if hi is None else 100.0 * hi,
+                    "sentiment": t.get("sentiment_label") or "neutral",
+                }
+            )
         if rows:
+            spec = bars_with_ci(
+                rows, x="theme", y="share", y_title="% of answers", color="sentiment"
+            )
+            spec["layer"][0]["encoding"]["color"]["scale"] = {
+                "domain": ["negative", "neutral", "positive"],
+                "range": ["#e03131", "#868e96", "#2f9e44"],
+            }
             charts.append(
                 _chart(
                     f"themes:{q['question_id']}",
                     f"Themes: {q.get('text') or q['question_id']}",
                     "themes",
-                    bar_chart(
-                        rows,
-                        x="theme",
-                        y="share",
-                        y_title="% of answers",
-                        horizontal=True,
-                        sort=[r["theme"] for r in rows],
-                    ),
+                    spec,
                 )
             )
     return charts
@@ -228,7 +454,7 @@ def theme_charts(themes: Mapping[str, Any]) -> list[dict[str, Any]]:
 BUILDERS = {
     "basic_stats": basic_stats_charts,
     "question_stats": question_charts,
-    "nps": nps_charts,
+    "nps": lambda c: [*nps_charts(c), *nps_score_charts(c)],
     "csat": csat_charts,
     "segments": segment_charts,
     "sentiment": sentiment_charts,

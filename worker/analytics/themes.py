@@ -117,9 +117,14 @@ def themes_component(
     total_documents: int,
 ) -> list[dict[str, Any]]:
     """JSON-ready themes: share of answers, mean sentiment and evidence quotes per theme."""
+    from worker.analytics.sentiment import overall_label
+    from worker.analytics.stats import wilson_interval
+
     out = []
     for th in themes:
         member_scores = scores[th.members] if scores is not None and th.members else None
+        mean = None if member_scores is None else float(np.mean(member_scores))
+        lo, hi = wilson_interval(len(th.members), total_documents)
         out.append(
             {
                 "name": th.name,
@@ -127,7 +132,10 @@ def themes_component(
                 "terms": th.terms,
                 "count": len(th.members),
                 "share": len(th.members) / total_documents if total_documents else 0.0,
-                "sentiment": None if member_scores is None else float(np.mean(member_scores)),
+                # The share is estimated on the (sampled) answers: its Wilson 95 % interval.
+                "share_ci95": None if lo is None else [lo, hi],
+                "sentiment": mean,
+                "sentiment_label": None if mean is None else overall_label(mean),
                 "confidence": th.strength,
                 "evidence": [
                     {"response_id": ids[i], "text": texts[i][:QUOTE_CHARS]} for i in th.evidence
