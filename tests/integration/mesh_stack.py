@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from temporalio.client import Client
@@ -82,6 +82,40 @@ class MeshStack:
         )
 
 
+async def start_peers(
+    stack: AsyncExitStack, new_database: Callable[[str], Awaitable[str]], data_dir: Path
+) -> tuple[RunningService, RunningService, Settings]:
+    """Starts Delivery and Notification on port 0 (stopped by ``stack``).
+
+    Returns:
+        Both services and the Settings of a Reporting server (and worker) that reach them,
+        with a fresh reporting database and no task queue prefix yet.
+    """
+    delivery = await create_delivery(
+        Settings(database_url=await new_database("delivery"), jwt_secret=TEST_SECRET),
+        address="localhost:0",
+    )
+    stack.push_async_callback(delivery.stop, 0)
+    notification = await create_notification(
+        Settings(
+            database_url=await new_database("notification"),
+            jwt_secret=TEST_SECRET,
+            data_dir=data_dir,
+        ),
+        address="localhost:0",
+    )
+    stack.push_async_callback(notification.stop, 0)
+    settings = Settings(
+        database_url=await new_database("reporting"),
+        jwt_secret=TEST_SECRET,
+        data_dir=data_dir,
+        delivery_address=f"localhost:{delivery.port}",
+        notification_address=f"localhost:{notification.port}",
+        grace_seconds=1.0,
+    )
+    return delivery, notification, settings
+
+
 @asynccontextmanager
 async def whole_mesh(
     new_database: Callable[[str], Awaitable[str]],
@@ -90,29 +124,8 @@ async def whole_mesh(
 ) -> AsyncIterator[MeshStack]:
     """Starts Delivery, Notification, Reporting and a worker; stops all of them afterwards."""
     async with AsyncExitStack() as stack:
-        delivery = await create_delivery(
-            Settings(database_url=await new_database("delivery"), jwt_secret=TEST_SECRET),
-            address="localhost:0",
-        )
-        stack.push_async_callback(delivery.stop, 0)
-        notification = await create_notification(
-            Settings(
-                database_url=await new_database("notification"),
-                jwt_secret=TEST_SECRET,
-                data_dir=data_dir,
-            ),
-            address="localhost:0",
-        )
-        stack.push_async_callback(notification.stop, 0)
-        settings = Settings(
-            database_url=await new_database("reporting"),
-            jwt_secret=TEST_SECRET,
-            data_dir=data_dir,
-            delivery_address=f"localhost:{delivery.port}",
-            notification_address=f"localhost:{notification.port}",
-            task_queue_prefix=f"tq-{uuid.uuid4().hex[:8]}-",
-            grace_seconds=1.0,
-        )
+        delivery, notification, peers = await start_peers(stack, new_database, data_dir)
+        settings = replace(peers, task_queue_prefix=f"tq-{uuid.uuid4().hex[:8]}-")
         reporting = await create_reporting(
             settings, address="localhost:0", temporal_client=temporal
         )

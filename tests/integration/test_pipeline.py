@@ -28,8 +28,6 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ApplicationError
 
 from bench.survey_data import create_survey, generate, import_responses
-from delivery_svc.server import create_server as create_delivery
-from notification_svc.server import create_server as create_notification
 from reporting_svc import store
 from reporting_svc.server import create_server as create_reporting
 from surveymesh.config import Settings
@@ -50,7 +48,7 @@ from surveymesh.workflow_contract import (
     BatchWorkflowInput,
     ReportWorkflowInput,
 )
-from tests.conftest import TEST_SECRET
+from tests.integration.mesh_stack import start_peers
 from worker.models import BatchResult
 from worker.worker import RunningWorker, create_worker
 
@@ -98,29 +96,8 @@ async def mesh(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Mesh]:
     async with AsyncExitStack() as stack:
-        delivery = await create_delivery(
-            Settings(database_url=await new_database("delivery"), jwt_secret=TEST_SECRET),
-            address="localhost:0",
-        )
-        stack.push_async_callback(delivery.stop, 0)
         data_dir: Path = tmp_path_factory.mktemp("pipeline")
-        notification = await create_notification(
-            Settings(
-                database_url=await new_database("notification"),
-                jwt_secret=TEST_SECRET,
-                data_dir=data_dir,
-            ),
-            address="localhost:0",
-        )
-        stack.push_async_callback(notification.stop, 0)
-        settings = Settings(
-            database_url=await new_database("reporting"),
-            jwt_secret=TEST_SECRET,
-            data_dir=data_dir,
-            delivery_address=f"localhost:{delivery.port}",
-            notification_address=f"localhost:{notification.port}",
-            grace_seconds=1.0,
-        )
+        delivery, notification, settings = await start_peers(stack, new_database, data_dir)
         dchannel = grpc.aio.insecure_channel(f"localhost:{delivery.port}")
         nchannel = grpc.aio.insecure_channel(f"localhost:{notification.port}")
         stack.push_async_callback(dchannel.close)
