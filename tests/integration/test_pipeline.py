@@ -48,6 +48,7 @@ from surveymesh.workflow_contract import (
     BatchWorkflowInput,
     ReportWorkflowInput,
 )
+from tests.integration.fake_openai import MODEL, serve_fake_openai
 from tests.integration.mesh_stack import start_peers
 from worker.models import BatchResult
 from worker.worker import RunningWorker, create_worker
@@ -128,20 +129,25 @@ class Lane:
     worker: RunningWorker
 
 
+async def _start_lane(stack: AsyncExitStack, mesh: Mesh, settings: Settings) -> Lane:
+    service: RunningService = await create_reporting(
+        settings, address="localhost:0", temporal_client=mesh.temporal
+    )
+    stack.push_async_callback(service.stop, 0)
+    channel = grpc.aio.insecure_channel(f"localhost:{service.port}")
+    stack.push_async_callback(channel.close)
+    worker = await create_worker(settings, mesh.temporal)
+    worker.start()
+    stack.push_async_callback(worker.shutdown)
+    return Lane(settings, rgrpc.ReportingServiceStub(channel), worker)
+
+
 @pytest.fixture
 async def lane(mesh: Mesh, task_queue_prefix: str) -> AsyncIterator[Lane]:
-    settings = replace(mesh.settings, task_queue_prefix=task_queue_prefix)
     async with AsyncExitStack() as stack:
-        service: RunningService = await create_reporting(
-            settings, address="localhost:0", temporal_client=mesh.temporal
+        yield await _start_lane(
+            stack, mesh, replace(mesh.settings, task_queue_prefix=task_queue_prefix)
         )
-        stack.push_async_callback(service.stop, 0)
-        channel = grpc.aio.insecure_channel(f"localhost:{service.port}")
-        stack.push_async_callback(channel.close)
-        worker = await create_worker(settings, mesh.temporal)
-        worker.start()
-        stack.push_async_callback(worker.shutdown)
-        yield Lane(settings, rgrpc.ReportingServiceStub(channel), worker)
 
 
 async def _survey(
@@ -227,6 +233,32 @@ def _component(report: report_pb2.Report, name: str) -> dict[str, Any]:
     (c,) = [c for c in report.components if c.type == name]
     data: dict[str, Any] = orjson.loads(c.data)
     return data
+
+
+async def test_full_report_with_openai_through_the_workflow(
+    mesh: Mesh, org: str, task_queue_prefix: str
+) -> None:
+    """The OpenAI path end to end: GenerateReport → workflow → AI activities on their queue →
+    the real ``openai`` client → a local OpenAI-compatible server → stored components."""
+    async with serve_fake_openai() as fake, AsyncExitStack() as stack:
+        settings = replace(
+            mesh.settings,
+            task_queue_prefix=task_queue_prefix,
+            openai_api_key="sk-test",
+            openai_base_url=fake.base_url,
+            openai_model=MODEL,
+        )
+        ai_lane = await _start_lane(stack, mesh, settings)
+        survey_id, _ = await _survey(mesh, org, 150)
+        full = await _generate(ai_lane, mesh, org, survey_id, K.REPORT_KIND_FULL)
+        events = await _watch(ai_lane, mesh, org, full.id)
+        report = await _get(ai_lane, mesh, org, full.id)
+    _check_event_log(events, FULL_COMPONENTS)
+    for name in ("sentiment", "themes"):
+        provenance = _component(report, name)["provenance"]
+        assert provenance["analyzer"] == f"openai:{MODEL}"
+        assert "fallback_from" not in provenance
+    assert {"sentiment_batch", "theme_list"} <= set(fake.schemas)
 
 
 async def test_quick_and_full_reports_end_to_end(mesh: Mesh, lane: Lane, org: str) -> None:
