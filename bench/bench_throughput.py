@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 import uuid
@@ -20,6 +21,7 @@ from datetime import timedelta
 from bench.figures import Figure
 from bench.stack import BenchStack, median
 from bench.trivial_worker import WORKFLOW
+from surveymesh.codec import payload_keys_for_mesh
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +60,11 @@ async def run(stack: BenchStack, *, count: int, runs: int, max_workers: int = 3)
     """The throughput and scaling figures."""
     survey_id = await stack.survey(100, "throughput")
     queue = stack.settings.task_queue("bench-trivial")
+    # Same payload keys as the mesh: the baseline pays for encryption like the reports do.
     trivial = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.trivial_worker", stack.mesh.temporal_address, queue,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "SURVEYMESH_PAYLOAD_KEYS": payload_keys_for_mesh(stack.settings)},
     )  # fmt: skip
     assert trivial.stdout is not None and trivial.stdin is not None
     await asyncio.wait_for(trivial.stdout.readline(), 60)

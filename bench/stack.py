@@ -20,7 +20,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ from temporalio.client import Client
 
 from bench.bench_import import bench_survey, generate
 from surveymesh.auth import TokenAuthority, bearer_metadata
+from surveymesh.codec import configured_data_converter, payload_keys_for_mesh
 from surveymesh.config import Settings
 from surveymesh.delivery.v1 import delivery_service_pb2 as dpb
 from surveymesh.delivery.v1 import delivery_service_pb2_grpc as dgrpc
@@ -159,7 +160,12 @@ class BenchStack:
             await self.mesh.stop()
             self._tmp.cleanup()
             raise
-        self.client = await Client.connect(self.mesh.temporal_address)
+        # The mesh encrypts Temporal payloads (keys from its data dir); read them alike.
+        keys = payload_keys_for_mesh(self.settings)
+        self.client = await Client.connect(
+            self.mesh.temporal_address,
+            data_converter=configured_data_converter(replace(self.settings, payload_keys=keys)),
+        )
         d = grpc.aio.insecure_channel(self.address("delivery"), options=BIG_MESSAGES)
         r = grpc.aio.insecure_channel(self.address("reporting"), options=BIG_MESSAGES)
         self._channels += [d, r]

@@ -38,7 +38,14 @@ class TrivialWorkflow:
 
 async def main(address: str, task_queue: str) -> None:
     """Polls until stdin closes."""
-    client = await Client.connect(address)
+    # The mesh's converter (encrypted when SURVEYMESH_PAYLOAD_KEYS is set), like the reports.
+    # Imported here, not at the top: the workflow sandbox re-imports this module.
+    from surveymesh.codec import configured_data_converter
+    from surveymesh.config import Settings
+
+    client = await Client.connect(
+        address, data_converter=configured_data_converter(Settings.from_env())
+    )
     async with Worker(
         client, task_queue=task_queue, workflows=[TrivialWorkflow], activities=[echo]
     ):

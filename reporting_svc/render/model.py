@@ -417,6 +417,9 @@ def _segments(doc: ReportDocument) -> Section | None:
                         str(test.get("test")), fmt.human(test.get("test", "test"))
                     ),
                     "p_value": test.get("p_value"),
+                    # Significance is judged on the multiple-comparison-adjusted p (v2).
+                    "p_adjusted": test.get("p_adjusted"),
+                    "correction": str(test.get("correction") or ""),
                     "effect_name": EFFECT_NAMES.get(
                         str(test.get("effect_size_name")),
                         fmt.human(test.get("effect_size_name", "")),

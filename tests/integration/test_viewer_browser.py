@@ -142,9 +142,18 @@ async def test_sections_appear_live_and_the_pdf_downloads(stack: Stack, browser:
     await expect(page.locator("#report-state")).to_have_text("Completed")
     await expect(page.locator("#progress")).to_be_hidden()
     charts = len(components["visualizations"]["charts"])
-    await expect(page.locator('figure.chart[data-embedded="done"]')).to_have_count(
-        charts, timeout=WAIT_MS
-    )
+    try:
+        await expect(page.locator('figure.chart[data-embedded="done"]')).to_have_count(
+            charts, timeout=WAIT_MS
+        )
+    except AssertionError:
+        # Name the charts that did not draw, and why, instead of only counting them.
+        states = await page.eval_on_selector_all(
+            "figure.chart",
+            "fs => fs.map(f => [f.id || f.dataset.chart, f.getAttribute('data-embedded')])",
+        )
+        raise AssertionError(f"charts not drawn: {[s for s in states if s[1] != 'done']}; "
+                             f"problems: {problems}") from None
 
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)

@@ -95,3 +95,12 @@ def test_a_failed_report_says_why() -> None:
     assert "This report failed during statistics." in html
     assert f"boom {ESCAPED}" in html
     assert 'data-running="false"' in html and 'class="report-section section-pending"' not in html
+
+
+def test_every_chart_of_the_demo_report_is_on_the_page_once() -> None:
+    from bench.report_components import demo_components
+
+    data = demo_components(600)
+    page = render_html(document(data), mode="viewer")
+    drawn = re.findall(r'<figure class="chart[^"]*" data-chart="([^"]+)"', page)
+    assert sorted(drawn) == sorted(c["id"] for c in data["visualizations"]["charts"])
