@@ -219,10 +219,10 @@ def nps_charts(nps_component: Mapping[str, Any]) -> list[dict[str, Any]]:
     return charts
 
 
-def nps_score_charts(nps_component: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each NPS question's score with its 95 % CI."""
+def _score_rows(component: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row (question, score, CI bounds) per question of ``component`` that has a score."""
     rows = []
-    for q in nps_component.get("questions", []):
+    for q in component.get("questions", []):
         if q.get("score") is None:
             continue
         lo, hi = _ci(q)
@@ -234,6 +234,12 @@ def nps_score_charts(nps_component: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "high": hi,
             }
         )
+    return rows
+
+
+def nps_score_charts(nps_component: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each NPS question's score with its 95 % CI."""
+    rows = _score_rows(nps_component)
     if not rows:
         return []
     return [
@@ -248,19 +254,7 @@ def nps_score_charts(nps_component: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 def csat_charts(csat_component: Mapping[str, Any]) -> list[dict[str, Any]]:
     """CSAT score per rating question, with its 95 % (Wilson) CI."""
-    rows = []
-    for q in csat_component.get("questions", []):
-        if q.get("score") is None:
-            continue
-        lo, hi = _ci(q)
-        rows.append(
-            {
-                "question": q.get("text") or q["question_id"],
-                "score": q["score"],
-                "low": lo,
-                "high": hi,
-            }
-        )
+    rows = _score_rows(csat_component)
     if not rows:
         return []
     return [
