@@ -152,8 +152,9 @@ async def test_sections_appear_live_and_the_pdf_downloads(stack: Stack, browser:
             "figure.chart",
             "fs => fs.map(f => [f.id || f.dataset.chart, f.getAttribute('data-embedded')])",
         )
-        raise AssertionError(f"charts not drawn: {[s for s in states if s[1] != 'done']}; "
-                             f"problems: {problems}") from None
+        raise AssertionError(
+            f"charts not drawn: {[s for s in states if s[1] != 'done']}; problems: {problems}"
+        ) from None
 
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "viewer.png"), full_page=True)
