@@ -16,12 +16,8 @@ import grpc
 import pytest
 from aiosmtpd.controller import Controller
 
-from notification_svc.dispatcher import DeliveryPolicy
-from notification_svc.server import create_server
-from surveymesh.config import Settings
 from surveymesh.embedded import free_port
 from surveymesh.errors import error_details
-from surveymesh.grpcserver import RunningService
 from surveymesh.notification.v1 import (
     notification_pb2 as npb,
 )
@@ -31,28 +27,9 @@ from surveymesh.notification.v1 import (
 from surveymesh.notification.v1 import (
     notification_service_pb2_grpc as pb_grpc,
 )
-from tests.conftest import TEST_SECRET
+from tests.integration.notification_stack import Meta, start
 
 pytestmark = pytest.mark.integration
-
-FAST = DeliveryPolicy(
-    base_delay=0.2,
-    max_delay=1.0,
-    max_attempts=4,
-    jitter=0.0,
-    poll_interval=0.2,
-    lease_seconds=10.0,
-    webhook_timeout=2.0,
-    smtp_timeout=5.0,
-    shutdown_timeout=2.0,
-)
-Meta = Callable[..., tuple[tuple[str, str], ...]]
-
-
-async def start(dsn: str, data_dir: Path, **settings: Any) -> RunningService:
-    """A NotificationService on a free port, with fast retries."""
-    config = Settings(database_url=dsn, jwt_secret=TEST_SECRET, data_dir=data_dir, **settings)
-    return await create_server(config, address="localhost:0", policy=FAST)
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,8 @@ import grpc
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from notification_svc.dispatcher import DeliveryPolicy
-from notification_svc.server import create_server
 from notification_svc.webhooks import new_secret, sign
-from surveymesh.config import Settings
 from surveymesh.errors import error_details
-from surveymesh.grpcserver import RunningService
 from surveymesh.notification.v1 import (
     notification_pb2 as npb,
 )
@@ -32,22 +28,9 @@ from surveymesh.notification.v1 import (
 from surveymesh.notification.v1 import (
     notification_service_pb2_grpc as pb_grpc,
 )
-from tests.conftest import TEST_SECRET
+from tests.integration.notification_stack import FAST, Meta, start
 
 pytestmark = pytest.mark.integration
-
-FAST = DeliveryPolicy(
-    base_delay=0.2,
-    max_delay=1.0,
-    max_attempts=4,
-    jitter=0.0,
-    poll_interval=0.2,
-    lease_seconds=10.0,
-    webhook_timeout=2.0,
-    smtp_timeout=5.0,
-    shutdown_timeout=2.0,
-)
-Meta = Callable[..., tuple[tuple[str, str], ...]]
 
 
 @dataclass
@@ -109,11 +92,6 @@ class Receiver:
             assert time.monotonic() < deadline, f"got {len(self.requests)} of {count} requests"
             await asyncio.sleep(0.02)
         return self.requests
-
-
-async def start(dsn: str, data_dir: Path, **settings: Any) -> RunningService:
-    config = Settings(database_url=dsn, jwt_secret=TEST_SECRET, data_dir=data_dir, **settings)
-    return await create_server(config, address="localhost:0", policy=FAST)
 
 
 @pytest.fixture(scope="module")
