@@ -11,7 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bench.suite import FULL, QUICK, RESULTS, run, write
+from bench.suite import FULL, GROUPS, QUICK, RESULTS, run, write
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=RESULTS, help="directory for latest.json / latest.md"
     )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=GROUPS,
+        help="run only this group of figures (repeatable; default: all)",
+    )
     parser.add_argument("--keep-logs", type=Path, help="copy the mesh's logs here at the end")
     parser.add_argument("-v", "--verbose", action="store_true", help="progress on stderr")
     args = parser.parse_args(argv)
@@ -29,7 +35,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    results = asyncio.run(run(QUICK if args.quick else FULL, keep_logs=args.keep_logs))
+    only = frozenset(args.only or GROUPS)
+    plan = QUICK if args.quick else FULL
+    results = asyncio.run(run(plan, keep_logs=args.keep_logs, only=only))
     js, md = write(results, args.out)
     print(results["markdown"])
     print(f"wrote {js} and {md} ({results['seconds']:.0f} s)")

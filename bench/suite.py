@@ -109,8 +109,13 @@ async def _render_extra() -> dict[str, Any]:
     return result
 
 
-async def run(plan: Plan, *, keep_logs: Path | None = None) -> dict[str, Any]:
-    """Runs every benchmark of ``plan``; returns the results document."""
+GROUPS = ("import", "pipeline", "serving", "throughput", "notifications", "render")
+
+
+async def run(
+    plan: Plan, *, keep_logs: Path | None = None, only: frozenset[str] = frozenset(GROUPS)
+) -> dict[str, Any]:
+    """Runs the benchmarks of ``plan`` in the groups ``only``; returns the results document."""
     began = time.monotonic()
     timings: dict[str, float] = {}
     figures: list[Figure] = []
@@ -119,35 +124,40 @@ async def run(plan: Plan, *, keep_logs: Path | None = None) -> dict[str, Any]:
         timings[name] = round(time.monotonic() - since, 1)
         log.info("%s done in %.0fs", name, timings[name])
 
-    t = time.monotonic()
-    figures.append(
-        _import_figure(await bench_import.run(plan.import_n, batch=2000, runs=plan.import_runs))
-    )
-    lap("import", t)
-    async with BenchStack(keep_logs=keep_logs) as stack:
-        timings["stack_start"] = round(stack.mesh.ready_seconds, 1)
+    if "import" in only:
         t = time.monotonic()
-        figures += await bench_pipeline.run(
-            stack,
-            history_sizes=list(plan.history_sizes),
-            latency_runs=plan.latency_runs,
-            big_n=plan.big_n,
-            big_runs=plan.big_runs,
-        )
-        lap("pipeline", t)
+        result = await bench_import.run(plan.import_n, batch=2000, runs=plan.import_runs)
+        figures.append(_import_figure(result))
+        lap("import", t)
+    if only & {"pipeline", "serving", "throughput"}:
+        async with BenchStack(keep_logs=keep_logs) as stack:
+            timings["stack_start"] = round(stack.mesh.ready_seconds, 1)
+            if "pipeline" in only:
+                t = time.monotonic()
+                figures += await bench_pipeline.run(
+                    stack,
+                    history_sizes=list(plan.history_sizes),
+                    latency_runs=plan.latency_runs,
+                    big_n=plan.big_n,
+                    big_runs=plan.big_runs,
+                )
+                lap("pipeline", t)
+            if "serving" in only:
+                t = time.monotonic()
+                figures += await bench_serving.run(stack, quick=plan.mode == "quick")
+                lap("serving", t)
+            if "throughput" in only:
+                t = time.monotonic()
+                figures += await bench_throughput.run(
+                    stack, count=plan.throughput_count, runs=plan.throughput_runs
+                )
+                lap("throughput", t)
+    if "notifications" in only:
         t = time.monotonic()
-        figures += await bench_serving.run(stack, quick=plan.mode == "quick")
-        lap("serving", t)
-        t = time.monotonic()
-        figures += await bench_throughput.run(
-            stack, count=plan.throughput_count, runs=plan.throughput_runs
-        )
-        lap("throughput", t)
-    t = time.monotonic()
-    figures.append(_notification_figure(await bench_notifications.run(*plan.notifications)))
-    lap("notifications", t)
+        figures.append(_notification_figure(await bench_notifications.run(*plan.notifications)))
+        lap("notifications", t)
     extras: dict[str, Any] = {}
-    if plan.mode == "full":
+    if plan.mode == "full" and "render" in only:
         t = time.monotonic()
         extras["render"] = await _render_extra()
         lap("render", t)
