@@ -41,6 +41,7 @@ import os
 import random
 import uuid
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -49,6 +50,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -370,6 +372,38 @@ class SurveyMeshClient:
             if not token:
                 return
 
+    async def _resumable(
+        self, open_stream: Callable[[], Any], *, reconnect_on_end: bool
+    ) -> AsyncGenerator[Any, None]:
+        """Yields the messages of the server stream ``open_stream()`` opens, opening it again
+        after UNAVAILABLE (and, with ``reconnect_on_end``, after an end the caller did not
+        ask for: a server shutting down ends its streams cleanly).
+
+        ``open_stream`` builds its request from the caller's resume position, which the
+        caller advances as it consumes messages, so a reopened stream continues where the
+        caller stopped. Any message resets the failure count; ``reconnect.max_attempts``
+        failures in a row raise :class:`SurveyMeshError`.
+        """
+        failures = 0
+        while True:
+            call = open_stream()
+            last_error: grpc.aio.AioRpcError | None = None
+            try:
+                async for message in call:
+                    failures = 0
+                    yield message
+                if not reconnect_on_end:
+                    return
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise SurveyMeshError.from_rpc_error(e) from e
+                last_error = e
+            finally:
+                call.cancel()
+            failures += 1
+            log.debug("stream dropped (%s); reopening", last_error and last_error.details())
+            await self._backoff_or_raise(failures, last_error)
+
     async def _backoff_or_raise(self, failures: int, last: grpc.aio.AioRpcError | None) -> None:
         """Waits before a stream reconnect, or gives up after too many failures in a row."""
         if failures >= self.reconnect.max_attempts:
@@ -483,9 +517,10 @@ class SurveyMeshClient:
     ) -> AsyncIterator[response_pb2.Response]:
         """Yields a survey's responses in id order, from one consistent snapshot; resumes
         after a dropped connection from the last id seen."""
-        after, watermark, failures = "", 0, 0
-        while True:
-            call = self.delivery.StreamResponses(
+        after, watermark = "", 0
+
+        def open_stream() -> Any:
+            return self.delivery.StreamResponses(
                 dpb.StreamResponsesRequest(
                     survey_id=survey_id,
                     after_response_id=after,
@@ -495,23 +530,13 @@ class SurveyMeshClient:
                 ),
                 metadata=self._metadata,
             )
-            last_error: grpc.aio.AioRpcError | None = None
-            try:
-                async for message in call:
-                    watermark = message.snapshot_watermark
-                    for r in message.responses:
-                        after = r.id
-                        failures = 0
-                        yield r
-                return
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise SurveyMeshError.from_rpc_error(e) from e
-                last_error = e
-            finally:
-                call.cancel()
-            failures += 1
-            await self._backoff_or_raise(failures, last_error)
+
+        async with aclosing(self._resumable(open_stream, reconnect_on_end=False)) as messages:
+            async for message in messages:
+                watermark = message.snapshot_watermark
+                for r in message.responses:
+                    after = r.id
+                    yield r
 
     # -- ReportingService --------------------------------------------------------------------
 
@@ -626,31 +651,23 @@ class SurveyMeshClient:
         reconnects with the last sequence seen: no event is lost and none repeats. Gives up
         after ``reconnect.max_attempts`` failed reconnects in a row.
         """
-        last, failures = after_sequence, 0
-        while True:
-            call = self.reporting.WatchReport(
+        last = after_sequence
+
+        def open_stream() -> Any:
+            return self.reporting.WatchReport(
                 rpb.WatchReportRequest(report_id=report_id, after_sequence=last),
                 metadata=self._metadata,
             )
-            last_error: grpc.aio.AioRpcError | None = None
-            try:
-                async for message in call:
-                    event = message.event
-                    if event.sequence <= last:
-                        continue  # never hand the caller an event twice
-                    last, failures = event.sequence, 0
-                    yield event
-                    if event.type in TERMINAL_EVENTS:
-                        return
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise SurveyMeshError.from_rpc_error(e) from e
-                last_error = e
-            finally:
-                call.cancel()
-            failures += 1
-            log.debug("watch of %s dropped after sequence %d; reconnecting", report_id, last)
-            await self._backoff_or_raise(failures, last_error)
+
+        async with aclosing(self._resumable(open_stream, reconnect_on_end=True)) as messages:
+            async for message in messages:
+                event = message.event
+                if event.sequence <= last:
+                    continue  # never hand the caller an event twice
+                last = event.sequence
+                yield event
+                if event.type in TERMINAL_EVENTS:
+                    return
 
     async def wait_for_report(
         self,
@@ -737,27 +754,20 @@ class SurveyMeshClient:
     ) -> AsyncIterator[notification_pb2.Notification]:
         """Yields the caller's notifications as they arrive (forever), reconnecting after
         UNAVAILABLE from the last sequence seen."""
-        last, failures = after_sequence, 0
-        while True:
-            call = self.notification.WatchNotifications(
+        last = after_sequence
+
+        def open_stream() -> Any:
+            return self.notification.WatchNotifications(
                 npb.WatchNotificationsRequest(after_sequence=last), metadata=self._metadata
             )
-            last_error: grpc.aio.AioRpcError | None = None
-            try:
-                async for message in call:
-                    n = message.notification
-                    if n.sequence and n.sequence <= last:
-                        continue
-                    last, failures = max(last, n.sequence), 0
-                    yield n
-            except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE:
-                    raise SurveyMeshError.from_rpc_error(e) from e
-                last_error = e
-            finally:
-                call.cancel()
-            failures += 1
-            await self._backoff_or_raise(failures, last_error)
+
+        async with aclosing(self._resumable(open_stream, reconnect_on_end=True)) as messages:
+            async for message in messages:
+                n = message.notification
+                if n.sequence and n.sequence <= last:
+                    continue
+                last = max(last, n.sequence)
+                yield n
 
     async def mark_notification_read(
         self, notification_id: str, *, timeout: float | None = None
