@@ -16,6 +16,7 @@ One set of settings describes both sides (paths to PEM files):
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -26,6 +27,10 @@ from surveymesh.config import ConfigError, Settings
 # Every channel of the mesh shares the server's message limit, so a peer answer that the
 # server may send is never refused by the client.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Servers end (gracefully: running calls and streams finish) every connection after this
+# age, so clients balancing with round_robin re-resolve their peer's name and find replicas
+# that started after they connected.
+MAX_CONNECTION_AGE_MS = 5 * 60 * 1000
 _CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -107,6 +112,10 @@ def open_channel(
 ) -> grpc.aio.Channel:
     """Opens an asyncio channel to ``address``, with TLS whenever ``settings`` configure it.
 
+    The channel balances calls with ``settings.peer_load_balancing``: ``round_robin`` keeps
+    a connection to every address the name resolves to and re-resolves when one closes
+    (servers end connections after ``MAX_CONNECTION_AGE_MS``, so new replicas are found).
+
     Args:
         settings: The process settings (TLS paths, plaintext policy).
         address: ``host:port`` of the peer; the host must match the peer certificate's SAN.
@@ -116,6 +125,9 @@ def open_channel(
         The channel; close it with ``await channel.close()``.
     """
     merged: dict[str, str | int] = dict(_CHANNEL_OPTIONS)
+    merged["grpc.service_config"] = json.dumps(
+        {"loadBalancingConfig": [{settings.peer_load_balancing: {}}]}
+    )
     merged.update(dict(options))
     opts = list(merged.items())
     credentials = channel_credentials(settings)

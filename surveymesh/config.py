@@ -106,6 +106,10 @@ class Settings:
     tls_ca: str = ""  # SURVEYMESH_TLS_CA
     tls_client_auth: str = ""  # SURVEYMESH_TLS_CLIENT_AUTH: "" (none) | require
     plaintext: bool = True  # SURVEYMESH_PLAINTEXT: false refuses to start without TLS
+    # SURVEYMESH_PEER_LOAD_BALANCING: pick_first (one connection per peer channel) or
+    # round_robin (a connection to every address the peer's name resolves to, calls spread
+    # over them: for a Kubernetes headless Service, `dns:///delivery-headless:50052`).
+    peer_load_balancing: str = "pick_first"
     # SURVEYMESH_PAYLOAD_KEYS: Temporal payload encryption keys, `kid:base64key` comma list
     # (the last one encrypts, all decrypt); default: a key file made in the data dir.
     payload_keys: str = ""
@@ -166,6 +170,12 @@ class Settings:
                 f"SURVEYMESH_TLS_CLIENT_AUTH must be 'require' or empty, got {tls_client_auth!r}"
             )
         tls_client_auth = "" if tls_client_auth == "none" else tls_client_auth
+        balancing = e.get("SURVEYMESH_PEER_LOAD_BALANCING") or d.peer_load_balancing
+        if balancing not in {"pick_first", "round_robin"}:
+            raise ConfigError(
+                "SURVEYMESH_PEER_LOAD_BALANCING must be pick_first or round_robin, "
+                f"got {balancing!r}"
+            )
         return cls(
             data_dir=Path(e.get("SURVEYMESH_DATA_DIR") or d.data_dir),
             bind_host=e.get("SURVEYMESH_BIND_HOST") or d.bind_host,
@@ -201,6 +211,7 @@ class Settings:
             tls_ca=e.get("SURVEYMESH_TLS_CA", ""),
             tls_client_auth=tls_client_auth,
             plaintext=_bool(e, "SURVEYMESH_PLAINTEXT", d.plaintext),
+            peer_load_balancing=balancing,
             payload_keys=e.get("SURVEYMESH_PAYLOAD_KEYS", ""),
             codec_port=_int(e, "SURVEYMESH_CODEC_PORT", d.codec_port),
             codec_cors_origins=_list(e, "SURVEYMESH_CODEC_CORS_ORIGINS", d.codec_cors_origins),

@@ -23,6 +23,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from surveymesh.auth import TokenAuthority, set_principal
+from surveymesh.channels import MAX_CONNECTION_AGE_MS, MAX_MESSAGE_BYTES
 from surveymesh.errors import (
     FieldViolation,
     InvalidArgument,
@@ -55,7 +56,6 @@ DB_UNAVAILABLE = (
     asyncpg.TooManyConnectionsError,
     asyncpg.InterfaceError,
 )
-MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
 def _classify(exc: BaseException) -> ServiceError | grpc.Status | None:
@@ -319,6 +319,7 @@ async def start_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", MAX_CONNECTION_AGE_MS),
         ],
     )
     health = HealthServicer()
