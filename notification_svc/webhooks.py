@@ -18,7 +18,8 @@ import secrets
 import socket
 import time
 from collections.abc import Iterable
-from urllib.parse import urlsplit
+from typing import Any
+from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -84,11 +85,43 @@ def payload(job: DeliveryJob) -> bytes:
     )
 
 
-async def private_addresses(host: str, port: int) -> list[str]:
-    """The private/loopback/link-local addresses ``host`` resolves to (empty if none)."""
+async def _addresses(host: str, port: int) -> list[str]:
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [str(info[4][0]) for info in infos if is_private_address(str(info[4][0]))]
+    return [str(info[4][0]) for info in infos]
+
+
+def _default_port(parts: SplitResult) -> int:
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+async def vet_destination(
+    url: str, *, allow_private: bool
+) -> tuple[str | None, tuple[str, str] | None]:
+    """Checks a webhook URL and resolves its host once.
+
+    Returns:
+        ``(address, problem)``: the public address to connect to (``None`` when private
+        destinations are allowed: then the HTTP client resolves the name itself), or the
+        ``(reason, description)`` of the problem. A name with any private, loopback or
+        link-local address is refused.
+    """
+    problem = url_problem(url)
+    if problem or allow_private:
+        return None, problem
+    parts = urlsplit(url)
+    try:
+        addresses = await _addresses(parts.hostname or "", _default_port(parts))
+    except OSError:
+        addresses = []
+    if not addresses:
+        return None, ("UNRESOLVABLE_HOST", "host name does not resolve")
+    if any(is_private_address(a) for a in addresses):
+        return None, (
+            "PRIVATE_ADDRESS",
+            "must not resolve to a private, loopback or link-local address",
+        )
+    return addresses[0], None
 
 
 async def check_destination(url: str, *, allow_private: bool) -> tuple[str, str] | None:
@@ -97,20 +130,32 @@ async def check_destination(url: str, *, allow_private: bool) -> tuple[str, str]
     Returns:
         ``(reason, description)`` of the problem, or None.
     """
-    problem = url_problem(url)
-    if problem or allow_private:
-        return problem
+    return (await vet_destination(url, allow_private=allow_private))[1]
+
+
+def pinned(url: str, address: str) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """The request that reaches ``url``'s host at ``address`` (an IP checked beforehand).
+
+    Connecting to the checked address instead of letting the HTTP client resolve the name
+    again closes the DNS-rebinding window (a name that answers a public address to the
+    check and a private one to the connection). The ``Host`` header and, for https, the
+    TLS server name (SNI and certificate check) stay the URL's host name. An https
+    connection is not kept for reuse: the client pools connections by address, and a
+    session verified for one name must not carry a request for another name.
+
+    Returns:
+        ``(url with the address in place of the host, extra headers, request extensions)``.
+    """
     parts = urlsplit(url)
-    host = parts.hostname or ""
-    try:
-        refused = await private_addresses(
-            host, parts.port or (443 if parts.scheme == "https" else 80)
-        )
-    except OSError:
-        return "UNRESOLVABLE_HOST", "host name does not resolve"
-    if refused:
-        return "PRIVATE_ADDRESS", "must not resolve to a private, loopback or link-local address"
-    return None
+    host = f"[{address}]" if ":" in address else address
+    port = f":{parts.port}" if parts.port else ""
+    name = parts.hostname or ""
+    headers = {"host": (f"[{name}]" if ":" in name else name) + port}
+    extensions: dict[str, Any] = {}
+    if parts.scheme == "https":
+        headers["connection"] = "close"
+        extensions["sni_hostname"] = name
+    return urlunsplit(parts._replace(netloc=host + port)), headers, extensions
 
 
 class WebhookSender:
@@ -130,7 +175,7 @@ class WebhookSender:
         if not job.url or not job.secrets:
             return Outcome.fail(0, "endpoint deleted")
         # Checked at every attempt, not just at registration: DNS may have changed since.
-        problem = await check_destination(job.url, allow_private=self._allow_private)
+        address, problem = await vet_destination(job.url, allow_private=self._allow_private)
         if problem is not None:
             if problem[0] == "UNRESOLVABLE_HOST":
                 return Outcome.retry(0, "host name does not resolve")
@@ -139,8 +184,15 @@ class WebhookSender:
         headers = signed_headers(job.secrets, job.message_id, int(time.time()), body)
         headers["content-type"] = "application/json"
         headers["user-agent"] = USER_AGENT
+        url = job.url
+        extensions: dict[str, Any] = {}
+        if address is not None:
+            url, extra, extensions = pinned(job.url, address)
+            headers.update(extra)
         try:
-            response = await self._client.post(job.url, content=body, headers=headers)
+            response = await self._client.post(
+                url, content=body, headers=headers, extensions=extensions
+            )
         except httpx.TimeoutException as exc:
             return Outcome.retry(0, f"timeout: {type(exc).__name__}")
         except httpx.HTTPError as exc:
