@@ -49,9 +49,12 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _grpcurl_hints(settings: Settings, survey_id: str, report_id: str) -> str:
+def _grpcurl_hints(
+    settings: Settings, survey_id: str, report_id: str, *, workflow: str, temporal: str
+) -> str:
     h = '-H "authorization: Bearer $TOKEN"'
     d, r = f"localhost:{settings.delivery_port}", f"localhost:{settings.reporting_port}"
+    admin = f"surveymesh token --org {DEMO_ORG} --user {DEMO_USER} --role admin"
     return "\n".join(
         [
             "Try next:",
@@ -68,11 +71,15 @@ def _grpcurl_hints(settings: Settings, survey_id: str, report_id: str) -> str:
             f"{r} surveymesh.reporting.v1.ReportingService/GetReportComponent",
             f'  grpcurl -plaintext {h} -d \'{{"report_id": "{report_id}"}}\' {r} '
             "surveymesh.reporting.v1.ReportingService/WatchReport",
+            "  # the workflow's history, payloads decrypted by the mesh's codec endpoint:",
+            f"  temporal workflow show --address {temporal} -w {workflow} "
+            f"--codec-endpoint http://localhost:{settings.codec_port} "
+            f'--codec-auth "Bearer $({admin})"',
         ]
     )
 
 
-async def _run_demo(settings: Settings, count: int) -> tuple[str, str, int]:
+async def _run_demo(settings: Settings, count: int, request_id: str) -> tuple[str, str, int]:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from surveymesh.demo import load_and_report
@@ -98,7 +105,7 @@ async def _run_demo(settings: Settings, count: int) -> tuple[str, str, int]:
             progress.update(task, completed=event.progress_percent, stage=label.lower())
 
         survey_id, report_id, state = await load_and_report(
-            settings, token, count=count, request_id=f"demo-{uuid.uuid4()}", on_event=on_event
+            settings, token, count=count, request_id=request_id, on_event=on_event
         )
     return survey_id, report_id, state
 
@@ -116,8 +123,10 @@ async def _up(args: argparse.Namespace, settings: Settings) -> int:
             print(f"  {what:<28} {where}")
         if args.demo:
             from surveymesh.reporting.v1 import report_pb2
+            from surveymesh.workflow_contract import report_workflow_id
 
-            survey_id, report_id, state = await _run_demo(settings, args.demo_responses)
+            request_id = f"demo-{uuid.uuid4()}"
+            survey_id, report_id, state = await _run_demo(settings, args.demo_responses, request_id)
             if state != report_pb2.REPORT_STATE_COMPLETED:
                 name = report_pb2.ReportState.Name(state).removeprefix("REPORT_STATE_")  # type: ignore[arg-type]
                 print(f"\nThe demo report {report_id} ended {name}; see {mesh.data_dir}/logs.")
@@ -126,7 +135,11 @@ async def _up(args: argparse.Namespace, settings: Settings) -> int:
             # A viewer token in the link signs the browser in (dev mode, which `up` turns on).
             link_token = _authority(settings).mint(org=DEMO_ORG, user=DEMO_USER, roles=["viewer"])
             print(f"  Viewer: {settings.viewer_url}/reports/{report_id}?token={link_token}")
-            print(_grpcurl_hints(settings, survey_id, report_id))
+            workflow = report_workflow_id(DEMO_ORG, request_id)
+            hints = _grpcurl_hints(
+                settings, survey_id, report_id, workflow=workflow, temporal=mesh.temporal_address
+            )
+            print(hints)
             if args.exit_after_demo:
                 stop.set()
         if not stop.is_set():

@@ -169,6 +169,16 @@ class Mesh:
             )
             self.children.append(child)
             await child.spawn()
+        # Temporal's remote codec: operators read the encrypted histories through it.
+        codec = Child(
+            name="codec",
+            module="surveymesh.codec_server",
+            env=base,
+            log_path=self.data_dir / "logs" / "codec.log",
+            health_port=None,
+        )
+        self.children.append(codec)
+        await codec.spawn()
         await asyncio.gather(
             *(
                 wait_healthy(f"localhost:{c.health_port}", 60, c)
@@ -230,6 +240,7 @@ class Mesh:
             ("NotificationService (gRPC)", f"localhost:{s.notification_port}"),
             ("Report viewer (HTTP)", s.viewer_url),
             ("Temporal frontend", self.temporal_address),
+            ("Temporal payload codec", f"http://localhost:{s.codec_port} (admin token)"),
         ]
         if self.temporal and self.temporal.ui_url:
             rows.append(("Temporal Web UI", self.temporal.ui_url))

@@ -33,6 +33,7 @@ def _env(data_dir: Path) -> dict[str, str]:
         SURVEYMESH_WEB_PORT=str(free_port()),
         SURVEYMESH_GRACE_SECONDS="3",
         SURVEYMESH_METRICS_PORT=str(_free_port_range(5)),
+        SURVEYMESH_CODEC_PORT=str(free_port()),
     )
     temporal_port = free_port()
     env["SURVEYMESH_TEMPORAL_PORT"] = str(temporal_port)
@@ -85,6 +86,15 @@ async def _run(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     )
 
 
+async def _shell(command: str, env: dict[str, str]) -> str:
+    proc = await asyncio.create_subprocess_shell(
+        command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, out.decode()
+    return out.decode()
+
+
 def _descendants_alive(pid: int) -> list[psutil.Process]:
     try:
         return [p for p in psutil.Process(pid).children(recursive=True) if p.is_running()]
@@ -129,6 +139,16 @@ async def test_up_runs_the_demo_then_resumes_and_stops_cleanly(tmp_path: Path) -
         assert line, seen
         seen += line.decode()
     children = _descendants_alive(second.pid)
+
+    # The history of the demo's workflow, through the codec endpoint `up` runs: exactly the
+    # command the first run printed (its payloads are encrypted without the codec).
+    show = next(line.strip() for line in text.splitlines() if "temporal workflow show" in line)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    shell = {**env, "PATH": path}
+    decoded = await _shell(show, shell)
+    raw = await _shell(show.split(" --codec-endpoint")[0], shell)
+    assert '"state":"completed"' in decoded and "json/plain" in decoded, decoded
+    assert '"state":"completed"' not in raw and "binary/encrypted" in raw, raw
     # Each child serves its metrics; the worker also the Temporal SDK's.
     base = int(env["SURVEYMESH_METRICS_PORT"])
     reporting = await _scrape(f"http://localhost:{base + 2}/metrics")
