@@ -6,11 +6,20 @@ LOCKED``, so every replica runs one and they share the work), attempts them, rec
 attempt and reschedules failures with exponential backoff. It wakes at once when a
 delivery is created (in-process event, or ``LISTEN`` for other replicas) and also polls,
 so a due retry, or a row a crashed process had claimed, is still delivered.
+
+Retention: every ``purge_interval`` the dispatcher also deletes what is finished and older
+than ``SURVEYMESH_NOTIFICATION_RETENTION_DAYS`` (default 30; 0 keeps everything): succeeded
+and failed deliveries with their attempts and kept emails (table row and ``.eml`` file),
+then notifications that have no delivery left and are either not in-app or read. Pending
+and retrying deliveries are never touched, nor are unread in-app notifications (the
+user's inbox keeps what they have not seen). Deletes go in small batches, each one short
+statement that skips rows other transactions hold, so the purge never blocks delivery.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
@@ -19,6 +28,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import asyncpg
@@ -63,6 +73,12 @@ class DeliveryPolicy:
         smtp_timeout: Seconds for one SMTP conversation.
         shutdown_timeout: How long a stopping dispatcher lets attempts finish before it
             cancels them and releases their claims.
+        retention_days: Age (days since they finished, or were created) after which
+            finished deliveries, their attempts and emails, and done notifications are
+            deleted; 0 keeps everything.
+        purge_interval: Seconds between retention purges (the first one runs after at
+            most a minute).
+        purge_batch: Rows deleted per statement, so no purge holds locks for long.
     """
 
     base_delay: float = 5.0
@@ -76,6 +92,9 @@ class DeliveryPolicy:
     webhook_timeout: float = 10.0
     smtp_timeout: float = 30.0
     shutdown_timeout: float = 5.0
+    retention_days: int = 30
+    purge_interval: float = 3600.0
+    purge_batch: int = 500
 
     def __post_init__(self) -> None:
         if self.base_delay <= 0 or self.max_delay < self.base_delay:
@@ -84,11 +103,16 @@ class DeliveryPolicy:
             raise ConfigError("max_attempts, batch_size and max_in_flight must be at least 1")
         if self.lease_seconds <= max(self.webhook_timeout, self.smtp_timeout):
             raise ConfigError("lease_seconds must exceed the webhook and SMTP timeouts")
+        if self.retention_days < 0:
+            raise ConfigError("SURVEYMESH_NOTIFICATION_RETENTION_DAYS must be 0 or more")
+        if self.purge_interval <= 0 or self.purge_batch < 1:
+            raise ConfigError("purge_interval must be positive and purge_batch at least 1")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeliveryPolicy:
         """Reads ``SURVEYMESH_NOTIFY_RETRY_BASE_SECONDS``, ``..._RETRY_MAX_SECONDS``,
-        ``..._MAX_ATTEMPTS`` and ``..._POLL_SECONDS`` (defaults otherwise)."""
+        ``..._MAX_ATTEMPTS``, ``..._POLL_SECONDS`` and
+        ``SURVEYMESH_NOTIFICATION_RETENTION_DAYS`` (defaults otherwise)."""
         e = os.environ if env is None else env
         d = cls()
 
@@ -101,11 +125,19 @@ class DeliveryPolicy:
                     f"SURVEYMESH_NOTIFY_{name} must be a number, got {raw!r}"
                 ) from None
 
+        retention = e.get("SURVEYMESH_NOTIFICATION_RETENTION_DAYS", "")
+        try:
+            retention_days = int(retention) if retention else d.retention_days
+        except ValueError:
+            raise ConfigError(
+                f"SURVEYMESH_NOTIFICATION_RETENTION_DAYS must be whole days, got {retention!r}"
+            ) from None
         return cls(
             base_delay=num("RETRY_BASE_SECONDS", d.base_delay),
             max_delay=num("RETRY_MAX_SECONDS", d.max_delay),
             max_attempts=int(num("MAX_ATTEMPTS", d.max_attempts)),
             poll_interval=num("POLL_SECONDS", d.poll_interval),
+            retention_days=retention_days,
         )
 
 
@@ -179,6 +211,16 @@ def next_step(
     return RETRYING, now + dt.timedelta(seconds=delay), outcome.error
 
 
+@dataclass(frozen=True)
+class Purged:
+    """What one retention purge deleted."""
+
+    deliveries: int = 0
+    attempts: int = 0
+    emails: int = 0
+    notifications: int = 0
+
+
 class Channel(Protocol):
     """Something that attempts deliveries of one channel (webhooks, email)."""
 
@@ -192,19 +234,28 @@ class Dispatcher:
 
     Args:
         repo: The repository.
-        policy: Retry and concurrency settings.
+        policy: Retry, concurrency and retention settings.
         channels: The deliverer of each channel number.
+        outbox_dir: Where this process keeps ``.eml`` files; the purge deletes the files of
+            the outbox rows it deletes (only files in this directory).
     """
 
     def __init__(
-        self, repo: Repository, policy: DeliveryPolicy, channels: Mapping[int, Channel]
+        self,
+        repo: Repository,
+        policy: DeliveryPolicy,
+        channels: Mapping[int, Channel],
+        *,
+        outbox_dir: Path | None = None,
     ) -> None:
         self._repo = repo
         self._policy = policy
         self._channels = dict(channels)
+        self._outbox_dir = outbox_dir.resolve() if outbox_dir is not None else None
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        self._purge_task: asyncio.Task[None] | None = None
         self._in_flight: dict[asyncio.Task[None], tuple[DeliveryJob, uuid.UUID]] = {}
 
     def wake(self) -> None:
@@ -214,6 +265,10 @@ class Dispatcher:
     def start(self) -> None:
         """Starts the dispatch loop as a task of the running event loop."""
         self._task = asyncio.create_task(self._run(), name="notification-dispatcher")
+        if self._policy.retention_days > 0:
+            self._purge_task = asyncio.create_task(
+                self._purge_periodically(), name="notification-retention"
+            )
 
     async def stop(self, wait_seconds: float | None = None) -> None:
         """Stops claiming, lets in-flight attempts finish for up to ``wait_seconds``
@@ -222,6 +277,11 @@ class Dispatcher:
         start) makes them without waiting for the lease to expire."""
         self._stopping = True
         self._wake.set()
+        if self._purge_task is not None:
+            # A batch cut short rolls back as a whole; the next start deletes it again.
+            self._purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge_task
         if self._task is not None:
             await self._task
         if not self._in_flight:
@@ -267,6 +327,78 @@ class Dispatcher:
                 await asyncio.wait_for(self._wake.wait(), timeout=policy.poll_interval)
             except TimeoutError:
                 pass
+
+    async def _purge_periodically(self) -> None:
+        policy = self._policy
+        # The first purge soon after start (a process restarted more often than the
+        # interval still purges), spread so replicas started together do not coincide.
+        delay = min(policy.purge_interval, 60.0) * (0.5 + random.random() / 2)
+        while not self._stopping:
+            await asyncio.sleep(delay)
+            delay = policy.purge_interval
+            try:
+                await self.purge()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("retention purge failed: %r", exc)
+            except Exception:
+                log.exception("retention purge failed")
+
+    async def purge(self, now: dt.datetime | None = None) -> Purged:
+        """Deletes what the retention window no longer keeps (see the module docstring).
+
+        Args:
+            now: The reference time (default: the current time).
+
+        Returns:
+            The counts deleted; all zero when ``retention_days`` is 0.
+        """
+        policy = self._policy
+        if policy.retention_days <= 0:
+            return Purged()
+        before = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=policy.retention_days)
+        deliveries = attempts = emails = notifications = 0
+        while True:
+            batch = await self._repo.purge_finished_deliveries(before, policy.purge_batch)
+            deliveries += batch.deliveries
+            attempts += batch.attempts
+            emails += len(batch.eml_paths)
+            await self._remove_files(batch.eml_paths)
+            if batch.deliveries < policy.purge_batch:
+                break
+            await asyncio.sleep(0)  # let attempts and RPCs run between batches
+        # Notifications after deliveries: a notification goes only once none is left.
+        while True:
+            count = await self._repo.purge_notifications(before, policy.purge_batch)
+            notifications += count
+            if count < policy.purge_batch:
+                break
+            await asyncio.sleep(0)
+        purged = Purged(deliveries, attempts, emails, notifications)
+        if purged != Purged():
+            log.info(
+                "retention (%d days): deleted %d deliveries, %d attempts, %d emails, "
+                "%d notifications",
+                policy.retention_days,
+                deliveries,
+                attempts,
+                emails,
+                notifications,
+            )
+        return purged
+
+    async def _remove_files(self, paths: list[str]) -> None:
+        outbox = self._outbox_dir
+        if outbox is None or not paths:
+            return
+
+        # Only files in our own outbox directory: a path in the database is not trusted to
+        # point anywhere else, and another replica's files are not ours to see.
+        def unlink() -> None:
+            for path in (Path(p).resolve() for p in paths):
+                if path.parent == outbox:
+                    path.unlink(missing_ok=True)
+
+        await asyncio.to_thread(unlink)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         full = len(self._in_flight) >= self._policy.max_in_flight

@@ -14,7 +14,6 @@ import asyncpg
 from notification_svc.live import Hub
 from notification_svc.repository import CHANNEL_IN_APP, NewNotification, Repository
 from notification_svc.validation import type_matches
-from notification_svc.webhooks import new_secret
 from surveymesh.auth import Principal
 from surveymesh.errors import FieldViolation, InvalidArgument, NotFound
 from surveymesh.paging import decode_token, encode_token
@@ -186,18 +185,6 @@ class Notifications:
         """Deletes an endpoint and abandons its pending deliveries."""
         if endpoint_id is None or not await self._repo.delete_endpoint(who.org, endpoint_id):
             raise NotFound("webhook endpoint not found", reason="ENDPOINT_NOT_FOUND")
-
-    async def rotate_secret(
-        self, who: Principal, endpoint_id: uuid.UUID | None, grace_seconds: int
-    ) -> tuple[asyncpg.Record, str]:
-        """Gives an endpoint a new secret; returns the endpoint and that secret."""
-        secret = new_secret()
-        row = None
-        if endpoint_id is not None:
-            row = await self._repo.rotate_secret(who.org, endpoint_id, secret, grace_seconds)
-        if row is None:
-            raise NotFound("webhook endpoint not found", reason="ENDPOINT_NOT_FOUND")
-        return row, secret
 
 
 def _uuid_or_none(value: str) -> uuid.UUID | None:

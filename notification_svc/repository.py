@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,8 +98,19 @@ class DeliveryJob:
     email: str
     create_time: dt.datetime
     url: str | None
+    # The endpoint's live signing secrets as stored: encrypted (notification_svc.secretbox)
+    # or, for rows written before encryption at rest, plain. The current one first.
     secrets: tuple[str, ...]
     endpoint_deleted: bool
+
+
+@dataclass(frozen=True)
+class PurgedBatch:
+    """What one retention batch deleted."""
+
+    deliveries: int
+    attempts: int
+    eml_paths: list[str]
 
 
 @dataclass(frozen=True)
@@ -297,19 +308,24 @@ class Repository:
         self,
         org: str,
         *,
+        endpoint_id: uuid.UUID,
         url: str,
         event_types: Sequence[str],
         description: str,
         secret: str,
         request_id: str,
     ) -> asyncpg.Record:
-        """Stores an endpoint; with a ``request_id`` seen before, returns that endpoint."""
+        """Stores an endpoint; with a ``request_id`` seen before, returns that endpoint.
+
+        ``secret`` is stored as given (sealed for ``endpoint_id`` by the caller); the
+        returned row is another endpoint's when the ``request_id`` was used before.
+        """
         row = await self.pool.fetchrow(
             "INSERT INTO webhook_endpoints (id, org_id, url, event_types, description, secret,"
             " request_id) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             " ON CONFLICT (org_id, request_id) WHERE request_id <> '' DO NOTHING"
             f" RETURNING {_ENDPOINT_COLUMNS}",
-            uuid.uuid4(),
+            endpoint_id,
             org,
             url,
             list(event_types),
@@ -352,13 +368,15 @@ class Repository:
     async def delete_endpoint(self, org: str, endpoint_id: uuid.UUID) -> bool:
         """Soft-deletes an endpoint (its attempts stay) and abandons its pending deliveries.
 
+        Its secrets are erased: nothing is signed for a deleted endpoint any more.
+
         Returns:
             False when the organization has no such endpoint.
         """
         async with self.pool.acquire() as conn, conn.transaction():
             found = await conn.fetchval(
-                "UPDATE webhook_endpoints SET delete_time = now()"
-                " WHERE id = $1 AND org_id = $2 AND delete_time IS NULL RETURNING id",
+                "UPDATE webhook_endpoints SET delete_time = now(), secret = '',"
+                " previous_secret = NULL WHERE id = $1 AND org_id = $2 AND delete_time IS NULL RETURNING id",
                 endpoint_id,
                 org,
             )
@@ -374,23 +392,82 @@ class Repository:
         return True
 
     async def rotate_secret(
-        self, org: str, endpoint_id: uuid.UUID, secret: str, grace_seconds: int
+        self,
+        org: str,
+        endpoint_id: uuid.UUID,
+        grace_seconds: int,
+        reseal: Callable[[str], tuple[str, str | None]],
     ) -> asyncpg.Record | None:
-        """Makes ``secret`` the endpoint's secret; the old one signs on for ``grace_seconds``.
+        """Replaces the endpoint's secret; the old one signs on for ``grace_seconds``.
+
+        Args:
+            org: The caller's organization.
+            endpoint_id: The endpoint.
+            grace_seconds: How long the previous secret stays live (0: not at all).
+            reseal: ``current stored secret -> (new stored secret, stored previous secret or
+                None)``; called with the row locked, so concurrent rotations serialize.
 
         Returns:
             The endpoint, or None when the organization has no such endpoint.
         """
-        return await self.pool.fetchrow(
-            "UPDATE webhook_endpoints SET previous_secret = secret,"
-            " previous_secret_expire_time = now() + make_interval(secs => $4), secret = $3"
-            " WHERE id = $1 AND org_id = $2 AND delete_time IS NULL"
-            f" RETURNING {_ENDPOINT_COLUMNS}",
-            endpoint_id,
-            org,
-            secret,
-            float(grace_seconds),
+        async with self.pool.acquire() as conn, conn.transaction():
+            current = await conn.fetchval(
+                "SELECT secret FROM webhook_endpoints"
+                " WHERE id = $1 AND org_id = $2 AND delete_time IS NULL FOR UPDATE",
+                endpoint_id,
+                org,
+            )
+            if current is None:
+                return None
+            secret, previous = reseal(current)
+            row: asyncpg.Record | None = await conn.fetchrow(
+                "UPDATE webhook_endpoints SET secret = $2, previous_secret = $3,"
+                " previous_secret_expire_time = now() + make_interval(secs => $4)"
+                f" WHERE id = $1 RETURNING {_ENDPOINT_COLUMNS}",
+                endpoint_id,
+                secret,
+                previous,
+                float(grace_seconds),
+            )
+            return row
+
+    async def endpoints_to_reseal(
+        self, active_prefix: str, after_position: int, limit: int
+    ) -> list[asyncpg.Record]:
+        """Endpoints (of every organization) with a secret not stored under ``active_prefix``.
+
+        Maintenance, like the dispatcher's queries: it re-encrypts rows at start.
+        """
+        return await self.pool.fetch(
+            "SELECT id, secret, previous_secret, position FROM webhook_endpoints"
+            " WHERE position > $1 AND ((secret <> '' AND NOT starts_with(secret, $2))"
+            " OR (previous_secret IS NOT NULL AND NOT starts_with(previous_secret, $2)))"
+            " ORDER BY position LIMIT $3",
+            after_position,
+            active_prefix,
+            limit,
         )
+
+    async def replace_secrets(
+        self,
+        endpoint_id: uuid.UUID,
+        old: tuple[str, str | None],
+        new: tuple[str, str | None],
+    ) -> bool:
+        """Swaps an endpoint's stored ``(secret, previous_secret)`` if still ``old``.
+
+        The compare makes a concurrent rotation (or another replica's re-encryption) win
+        instead of being overwritten.
+        """
+        done = await self.pool.fetchval(
+            "UPDATE webhook_endpoints SET secret = $4, previous_secret = $5"
+            " WHERE id = $1 AND secret = $2 AND previous_secret IS NOT DISTINCT FROM $3"
+            " RETURNING id",
+            endpoint_id,
+            *old,
+            *new,
+        )
+        return done is not None
 
     # -- attempts ----------------------------------------------------------------------
 
@@ -569,3 +646,69 @@ class Repository:
             raw_message,
             eml_path,
         )
+
+    # -- retention (the dispatcher's purge) ----------------------------------------------
+
+    async def purge_finished_deliveries(self, before: dt.datetime, limit: int) -> PurgedBatch:
+        """Deletes up to ``limit`` finished deliveries last changed before ``before``, with
+        their attempts and kept emails, in one short statement.
+
+        Only succeeded (2) and failed (4) deliveries qualify: pending and retrying ones are
+        work still to do, whatever their age. ``SKIP LOCKED`` keeps replicas purging at the
+        same time out of each other's way. (The foreign keys from attempts and the email
+        outbox are checked at the end of the statement, when their rows are gone too.)
+        """
+        row = await self.pool.fetchrow(
+            """
+            WITH doomed AS (
+                SELECT id FROM deliveries
+                WHERE status IN (2, 4) AND update_time < $1
+                ORDER BY update_time
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            ), attempts AS (
+                DELETE FROM delivery_attempts a USING doomed
+                WHERE a.delivery_id = doomed.id RETURNING 1
+            ), emails AS (
+                DELETE FROM email_outbox o USING doomed
+                WHERE o.delivery_id = doomed.id RETURNING o.eml_path
+            ), gone AS (
+                DELETE FROM deliveries d USING doomed WHERE d.id = doomed.id RETURNING 1
+            )
+            SELECT (SELECT count(*) FROM gone) AS deliveries,
+                   (SELECT count(*) FROM attempts) AS attempts,
+                   ARRAY(SELECT eml_path FROM emails) AS eml_paths
+            """,
+            before,
+            limit,
+        )
+        assert row is not None
+        return PurgedBatch(int(row["deliveries"]), int(row["attempts"]), list(row["eml_paths"]))
+
+    async def purge_notifications(self, before: dt.datetime, limit: int) -> int:
+        """Deletes up to ``limit`` notifications created before ``before`` that are done.
+
+        Done: no delivery row left (those are purged first, once finished), and either not
+        in-app (``sequence = 0``: only a delivery record) or read. Unread in-app
+        notifications stay whatever their age: the user has not seen them. The
+        ``user_sequences`` counters stay too, so sequences never restart and a watcher
+        resuming after N is never handed an old number again.
+        """
+        count = await self.pool.fetchval(
+            """
+            WITH doomed AS (
+                SELECT id FROM notifications n
+                WHERE create_time < $1 AND (sequence = 0 OR read_time IS NOT NULL)
+                  AND NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.notification_id = n.id)
+                ORDER BY create_time
+                LIMIT $2
+                FOR UPDATE SKIP LOCKED
+            ), gone AS (
+                DELETE FROM notifications n USING doomed WHERE n.id = doomed.id RETURNING 1
+            )
+            SELECT count(*) FROM gone
+            """,
+            before,
+            limit,
+        )
+        return int(count)

@@ -6,6 +6,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from notification_svc.dispatcher import DeliveryPolicy, Dispatcher
@@ -13,6 +14,7 @@ from notification_svc.live import Hub, Listener
 from notification_svc.mailer import EmailRenderer, Mailer, parse_smtp_url
 from notification_svc.notifications import Notifications
 from notification_svc.repository import CHANNEL_EMAIL, CHANNEL_WEBHOOK, Repository
+from notification_svc.secretbox import SecretBox
 from notification_svc.servicer import NotificationServicer
 from notification_svc.webhooks import WebhookEndpoints, WebhookSender
 from surveymesh.auth import TokenAuthority
@@ -62,7 +64,8 @@ async def create_server(
     """Starts NotificationService with its delivery dispatcher.
 
     Args:
-        settings: The process settings (database, SMTP, data dir, webhook address policy).
+        settings: The process settings (database, SMTP, data dir, webhook address policy,
+            the keys webhook secrets are encrypted with).
         authority: Verifies bearer tokens; defaults to the deployment's secret.
         address: ``host:port`` to bind (``localhost:0`` in tests).
         policy: Retry and concurrency settings of the dispatcher; defaults to
@@ -76,6 +79,8 @@ async def create_server(
     policy = policy or DeliveryPolicy.from_env()
     smtp = parse_smtp_url(settings.smtp_url) if settings.smtp_url else None
     authority = authority or TokenAuthority.from_settings(settings)
+    box = SecretBox.from_settings(settings)  # a bad key list fails the start, not a delivery
+    outbox_dir = settings.data_dir / "outbox"
     cleanups: list[Callable[[], Awaitable[None]]] = []
     try:
         pool = await open_database(
@@ -87,6 +92,13 @@ async def create_server(
         )
         cleanups.insert(0, pool.close)
         repo = Repository(pool)
+        endpoints = WebhookEndpoints(repo, box, allow_private=settings.allow_private_webhooks)
+        try:
+            # Legacy plaintext rows and rows under an older key move to the newest key, so a
+            # dump shows no secret and a retired key can be dropped once all replicas ran.
+            await endpoints.reseal_all()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("re-encrypting webhook secrets failed (next start retries): %r", exc)
         # No redirects (a 3xx could point anywhere, including private addresses) and no
         # proxy settings from the environment: receivers are reached directly.
         client = httpx.AsyncClient(
@@ -101,19 +113,21 @@ async def create_server(
             EmailRenderer(settings.viewer_url),
             sender=settings.email_from,
             smtp=smtp,
-            outbox_dir=settings.data_dir / "outbox",
+            outbox_dir=outbox_dir,
             timeout=policy.smtp_timeout,
         )
-        webhooks = WebhookSender(client, allow_private=settings.allow_private_webhooks)
-        dispatcher = Dispatcher(repo, policy, {CHANNEL_WEBHOOK: webhooks, CHANNEL_EMAIL: mailer})
+        webhooks = WebhookSender(client, box, allow_private=settings.allow_private_webhooks)
+        dispatcher = Dispatcher(
+            repo,
+            policy,
+            {CHANNEL_WEBHOOK: webhooks, CHANNEL_EMAIL: mailer},
+            outbox_dir=outbox_dir,
+        )
         hub = Hub()
         listener = Listener(dsn, hub, dispatcher.wake)
         await listener.start()
         cleanups.insert(0, listener.stop)
-        servicer = NotificationServicer(
-            Notifications(repo, hub, dispatcher.wake),
-            WebhookEndpoints(repo, allow_private=settings.allow_private_webhooks),
-        )
+        servicer = NotificationServicer(Notifications(repo, hub, dispatcher.wake), endpoints)
         handle = await start_server(
             [Service(SERVICE_NAME, pb_grpc.add_NotificationServiceServicer_to_server, servicer)],
             authority=authority,

@@ -92,7 +92,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
 
     Args:
         notifications: In-app operations, attempts and endpoint listing.
-        endpoints: Endpoint registration.
+        endpoints: Endpoint registration and secret rotation.
     """
 
     def __init__(self, notifications: Notifications, endpoints: WebhookEndpoints) -> None:
@@ -159,16 +159,14 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         who = current_principal()
         who.require(ADMIN_ROLES, "managing webhook endpoints")
         validation.validate_create_endpoint(request)
-        row = await self._endpoints.create(
+        row, secret = await self._endpoints.create(
             who.org,
             url=request.url,
             event_types=list(request.event_types),
             description=request.description,
             request_id=request.request_id,
         )
-        return pb.CreateWebhookEndpointResponse(
-            endpoint=endpoint_message(row), secret=row["secret"]
-        )
+        return pb.CreateWebhookEndpointResponse(endpoint=endpoint_message(row), secret=secret)
 
     async def ListWebhookEndpoints(
         self, request: pb.ListWebhookEndpointsRequest, context: grpc.aio.ServicerContext
@@ -197,7 +195,7 @@ class NotificationServicer(pb_grpc.NotificationServiceServicer):
         who.require(ADMIN_ROLES, "managing webhook endpoints")
         grace = validation.validate_rotate(request)
         eid = validation.validate_id("endpoint_id", request.endpoint_id)
-        row, secret = await self._n.rotate_secret(who, eid, grace)
+        row, secret = await self._endpoints.rotate_secret(who.org, eid, grace)
         return pb.RotateWebhookSecretResponse(endpoint=endpoint_message(row), secret=secret)
 
     async def ListDeliveryAttempts(

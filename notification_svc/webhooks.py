@@ -5,6 +5,9 @@ delivery, so receivers can de-duplicate), ``webhook-timestamp`` (Unix seconds of
 attempt) and ``webhook-signature``: space-separated ``v1,<base64 HMAC-SHA256>`` of
 ``"{id}.{timestamp}.{body}"``, keyed with the base64 part of the ``whsec_`` secret; one
 signature per live secret, so a rotation's grace period is covered.
+
+Secrets are stored encrypted (:mod:`notification_svc.secretbox`) and decrypted only for
+the attempt that signs with them.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import logging
 import secrets
 import socket
 import time
+import uuid
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import SplitResult, urlsplit, urlunsplit
@@ -27,13 +31,16 @@ import orjson
 
 from notification_svc.dispatcher import Outcome
 from notification_svc.repository import DeliveryJob, Repository
+from notification_svc.secretbox import SecretBox, SecretUnreadable, UnknownSecretKey
 from notification_svc.validation import is_private_address, url_problem
-from surveymesh.errors import FieldViolation, InvalidArgument
+from surveymesh.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
 
 SECRET_PREFIX = "whsec_"
 USER_AGENT = "SurveyMesh-Webhooks/1"
+# Endpoints re-encrypted per query at start.
+RESEAL_BATCH = 200
 
 
 def new_secret() -> str:
@@ -163,17 +170,37 @@ class WebhookSender:
 
     Args:
         client: Shared HTTP client (its timeouts bound each attempt).
+        box: Decrypts the stored signing secrets.
         allow_private: Whether private/loopback destinations are allowed (development).
     """
 
-    def __init__(self, client: httpx.AsyncClient, *, allow_private: bool) -> None:
+    def __init__(self, client: httpx.AsyncClient, box: SecretBox, *, allow_private: bool) -> None:
         self._client = client
+        self._box = box
         self._allow_private = allow_private
+
+    def _secrets(self, job: DeliveryJob) -> list[str] | Outcome:
+        """The job's secrets in the clear, or the outcome of an attempt that cannot sign."""
+        assert job.endpoint_id is not None  # webhook deliveries always name their endpoint
+        try:
+            return [self._box.open(job.endpoint_id, stored) for stored in job.secrets]
+        except UnknownSecretKey as exc:
+            # A configuration problem (a key dropped too early, a replica without the new
+            # key): worth retrying once an operator has fixed it.
+            log.error("delivery %s cannot be signed: %s", job.delivery_id, exc)
+            return Outcome.retry(0, f"signing secret unreadable: {exc}")
+        except SecretUnreadable as exc:
+            # Tampered, or moved from another endpoint's row: never sign with it.
+            log.error("delivery %s cannot be signed: %s", job.delivery_id, exc)
+            return Outcome.fail(0, f"signing secret unreadable: {exc}")
 
     async def deliver(self, job: DeliveryJob) -> Outcome:
         """POSTs the signed payload to the job's endpoint."""
-        if not job.url or not job.secrets:
+        if not job.url or not job.secrets or job.endpoint_id is None:
             return Outcome.fail(0, "endpoint deleted")
+        secrets_ = self._secrets(job)
+        if isinstance(secrets_, Outcome):
+            return secrets_
         # Checked at every attempt, not just at registration: DNS may have changed since.
         address, problem = await vet_destination(job.url, allow_private=self._allow_private)
         if problem is not None:
@@ -181,7 +208,7 @@ class WebhookSender:
                 return Outcome.retry(0, "host name does not resolve")
             return Outcome.fail(0, f"destination refused: {problem[1]}")
         body = payload(job)
-        headers = signed_headers(job.secrets, job.message_id, int(time.time()), body)
+        headers = signed_headers(secrets_, job.message_id, int(time.time()), body)
         headers["content-type"] = "application/json"
         headers["user-agent"] = USER_AGENT
         url = job.url
@@ -220,31 +247,124 @@ def classify_response(code: int, retry_after: str | None = None) -> Outcome:
 
 
 class WebhookEndpoints:
-    """Registration, listing and deletion of an organization's webhook endpoints.
+    """Registration, secret rotation and re-encryption of webhook endpoints.
 
     Args:
         repo: The repository.
+        box: Seals and opens the stored signing secrets.
         allow_private: Whether private/loopback URLs may be registered.
     """
 
-    def __init__(self, repo: Repository, *, allow_private: bool) -> None:
+    def __init__(self, repo: Repository, box: SecretBox, *, allow_private: bool) -> None:
         self._repo = repo
+        self._box = box
         self._allow_private = allow_private
 
     async def create(
         self, org: str, *, url: str, event_types: list[str], description: str, request_id: str
-    ) -> asyncpg.Record:
-        """Registers an endpoint with a new secret (or returns the one of ``request_id``)."""
+    ) -> tuple[asyncpg.Record, str]:
+        """Registers an endpoint with a new secret (or returns the one of ``request_id``).
+
+        Returns:
+            ``(row, secret)``: the stored endpoint and its signing secret in the clear.
+
+        Raises:
+            FailedPrecondition: a repeated ``request_id`` whose endpoint's secret can no
+                longer be decrypted (``WEBHOOK_SECRET_UNREADABLE``; rotate it).
+        """
         problem = await check_destination(url, allow_private=self._allow_private)
         if problem is not None:
             raise InvalidArgument(
                 [FieldViolation("url", problem[1], problem[0])], reason=problem[0]
             )
-        return await self._repo.create_endpoint(
+        endpoint_id, secret = uuid.uuid4(), new_secret()
+        row = await self._repo.create_endpoint(
             org,
+            endpoint_id=endpoint_id,
             url=url,
             event_types=sorted(set(event_types)),
             description=description,
-            secret=new_secret(),
+            secret=self._box.seal(endpoint_id, secret),
             request_id=request_id,
         )
+        if row["id"] == endpoint_id:
+            return row, secret
+        try:  # a retried request: answer with the first call's secret
+            return row, self._box.open(row["id"], row["secret"])
+        except SecretUnreadable as exc:
+            log.error("webhook endpoint %s: %s", row["id"], exc)
+            raise FailedPrecondition(
+                "the endpoint's secret cannot be read; rotate it",
+                reason="WEBHOOK_SECRET_UNREADABLE",
+            ) from None
+
+    async def rotate_secret(
+        self, org: str, endpoint_id: uuid.UUID | None, grace_seconds: int
+    ) -> tuple[asyncpg.Record, str]:
+        """Gives an endpoint a new secret; returns the endpoint and that secret.
+
+        Both stored secrets are written under the newest key, so a rotation also
+        re-encrypts a legacy plaintext row. A current secret that cannot be decrypted (its
+        key is gone) is dropped instead of kept for the grace period: rotating is how an
+        operator recovers such an endpoint.
+        """
+        secret = new_secret()
+
+        def reseal(current: str) -> tuple[str, str | None]:
+            assert endpoint_id is not None
+            previous = None
+            if grace_seconds > 0 and current:
+                try:
+                    previous = self._box.seal(endpoint_id, self._box.open(endpoint_id, current))
+                except SecretUnreadable as exc:
+                    log.warning("endpoint %s: old secret dropped at rotation: %s", endpoint_id, exc)
+            return self._box.seal(endpoint_id, secret), previous
+
+        row = None
+        if endpoint_id is not None:
+            row = await self._repo.rotate_secret(org, endpoint_id, grace_seconds, reseal)
+        if row is None:
+            raise NotFound("webhook endpoint not found", reason="ENDPOINT_NOT_FOUND")
+        return row, secret
+
+    async def reseal_all(self) -> int:
+        """Re-encrypts, under the newest key, every stored secret that is not (legacy
+        plaintext rows, rows under an older key). Run at start by every replica.
+
+        Values that cannot be decrypted are left as they are (and logged): their
+        deliveries fail with a clear error until the endpoint's secret is rotated.
+
+        Returns:
+            How many endpoints were rewritten.
+        """
+        box = self._box
+        after, done, unreadable = 0, 0, 0
+        while True:
+            rows = await self._repo.endpoints_to_reseal(box.active_prefix, after, RESEAL_BATCH)
+            for r in rows:
+                after = r["position"]
+                old: tuple[str, str | None] = (r["secret"], r["previous_secret"])
+                try:
+                    previous = None if old[1] is None else self._resealed(r["id"], old[1])
+                    new = (self._resealed(r["id"], old[0]), previous)
+                except SecretUnreadable as exc:
+                    unreadable += 1
+                    log.error("webhook endpoint %s: stored secret left as it is: %s", r["id"], exc)
+                    continue
+                if await self._repo.replace_secrets(r["id"], old, new):
+                    done += 1
+            if len(rows) < RESEAL_BATCH:
+                break
+        if done or unreadable:
+            log.info(
+                "re-encrypted the secrets of %d webhook endpoints under key %r (%d unreadable)",
+                done,
+                box.active_key_id,
+                unreadable,
+            )
+        return done
+
+    def _resealed(self, endpoint_id: uuid.UUID, stored: str) -> str:
+        if not stored or self._box.is_current(stored):
+            return stored  # erased (deleted endpoint), or already under the newest key
+        return self._box.seal(endpoint_id, self._box.open(endpoint_id, stored))

@@ -17,11 +17,8 @@ its key id in its metadata.
 from __future__ import annotations
 
 import base64
-import binascii
 import dataclasses
 import os
-import re
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,51 +31,23 @@ from temporalio.converter import (
     PayloadCodec,
 )
 
-from surveymesh.config import ConfigError, Settings
+from surveymesh.config import Settings
+
+# The key-list format lives in surveymesh.keyring (shared with webhook-secret encryption);
+# these names stay importable from here.
+from surveymesh.keyring import KEY_BYTES as KEY_BYTES
+from surveymesh.keyring import NONCE_BYTES as NONCE_BYTES
+from surveymesh.keyring import new_key_entry as new_key_entry
+from surveymesh.keyring import parse_keys as parse_keys
 
 ENCODING = b"binary/encrypted"
 METADATA_ENCODING = "encoding"
 METADATA_KEY_ID = "encryption-key-id"
-NONCE_BYTES = 12
-KEY_BYTES = 32
 KEY_FILE = "payload-keys"
-_KID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
 class PayloadDecryptionError(ValueError):
     """A payload cannot be decrypted: unknown key id, or tampered/corrupt ciphertext."""
-
-
-def parse_keys(spec: str, *, source: str = "SURVEYMESH_PAYLOAD_KEYS") -> dict[str, bytes]:
-    """Parses ``kid:base64key,...`` into an ordered ``{kid: key}`` (the last one is newest).
-
-    Raises:
-        ConfigError: a malformed entry, a duplicate key id, or a key that is not 32 bytes.
-    """
-    keys: dict[str, bytes] = {}
-    for entry in (e.strip() for e in spec.replace("\n", ",").split(",")):
-        if not entry:
-            continue
-        kid, sep, encoded = entry.partition(":")
-        if not sep or not _KID.match(kid):
-            raise ConfigError(f"{source}: entries are kid:base64key (kid of [A-Za-z0-9._-])")
-        try:
-            key = base64.b64decode(encoded, validate=True)
-        except binascii.Error:
-            raise ConfigError(f"{source}: key {kid!r} is not valid base64") from None
-        if len(key) != KEY_BYTES:
-            raise ConfigError(f"{source}: key {kid!r} must be {KEY_BYTES} bytes (AES-256)")
-        if kid in keys:
-            raise ConfigError(f"{source}: key id {kid!r} appears twice")
-        keys[kid] = key
-    if not keys:
-        raise ConfigError(f"{source}: no keys")
-    return keys
-
-
-def new_key_entry(kid: str) -> str:
-    """A fresh ``kid:base64key`` entry (for a rotation: append it to the list)."""
-    return f"{kid}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
 
 
 def load_keys(settings: Settings) -> dict[str, bytes]:

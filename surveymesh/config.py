@@ -113,6 +113,10 @@ class Settings:
     # SURVEYMESH_PAYLOAD_KEYS: Temporal payload encryption keys, `kid:base64key` comma list
     # (the last one encrypts, all decrypt); default: a key file made in the data dir.
     payload_keys: str = ""
+    # SURVEYMESH_SECRET_KEYS: keys that encrypt webhook signing secrets at rest, the same
+    # `kid:base64key` comma list (the last one encrypts, all decrypt); default: a key file
+    # made in the data dir (fine for one machine; replicas must share the setting).
+    secret_keys: str = ""
     codec_port: int = 8234  # SURVEYMESH_CODEC_PORT: the Temporal remote-codec endpoint
     # SURVEYMESH_CODEC_CORS_ORIGINS (comma list): browser origins allowed to call the codec
     # endpoint (the Temporal UI).
@@ -213,6 +217,7 @@ class Settings:
             plaintext=_bool(e, "SURVEYMESH_PLAINTEXT", d.plaintext),
             peer_load_balancing=balancing,
             payload_keys=e.get("SURVEYMESH_PAYLOAD_KEYS", ""),
+            secret_keys=e.get("SURVEYMESH_SECRET_KEYS", ""),
             codec_port=_int(e, "SURVEYMESH_CODEC_PORT", d.codec_port),
             codec_cors_origins=_list(e, "SURVEYMESH_CODEC_CORS_ORIGINS", d.codec_cors_origins),
             report_rate=_float(e, "SURVEYMESH_REPORT_RATE", d.report_rate),

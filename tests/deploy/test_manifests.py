@@ -32,6 +32,7 @@ KEDA_SCHEMA = Path(__file__).with_name("schemas") / "scaledobject-keda-v1alpha1.
 SECRET_NAME = "surveymesh-secrets"
 SECRET_KEYS = {
     "SURVEYMESH_JWT_SECRET",
+    "SURVEYMESH_SECRET_KEYS",
     "DELIVERY_DATABASE_URL",
     "REPORTING_DATABASE_URL",
     "NOTIFICATION_DATABASE_URL",
