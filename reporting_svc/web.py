@@ -53,6 +53,7 @@ from surveymesh.errors import (
     Unavailable,
 )
 from surveymesh.reporting.v1 import report_pb2
+from surveymesh.telemetry import http_middlewares
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,7 @@ class Viewer:
 
     def app(self) -> web.Application:
         """The aiohttp application (routes and middleware)."""
-        app = web.Application(middlewares=[_errors])
+        app = web.Application(middlewares=[*http_middlewares(), _errors])
         app.router.add_get("/healthz", self._health)
         app.router.add_get(r"/reports/{report_id:[^/.]+}.{ext:pdf|csv|json|html}", self._download)
         app.router.add_get(r"/reports/{report_id:[^/.]+}/events", self._events)

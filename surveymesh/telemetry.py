@@ -50,6 +50,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import orjson
 import prometheus_client
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -60,6 +61,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.sdk.util import ns_to_iso_str
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from surveymesh.config import ConfigError, Settings
@@ -226,6 +228,11 @@ _lock = threading.Lock()
 class JsonLinesSpanExporter(SpanExporter):
     """Appends finished spans to a file, one OTLP-like JSON object per line (development).
 
+    Each line holds what the SDK's ``ReadableSpan.to_json`` holds, with the same keys and
+    value forms. It is built here because ``to_json`` re-encodes the process's resource
+    (with Python's slow indenting encoder) for every span, which made writing a span
+    cost more than recording it.
+
     Args:
         path: The file; its directory is created.
     """
@@ -234,20 +241,66 @@ class JsonLinesSpanExporter(SpanExporter):
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._resource: tuple[Resource, dict[str, Any]] | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        # to_json(indent=None) is the SDK's own JSON form of a span, on one line.
-        lines = [s.to_json(indent=None) for s in spans]
+        lines = b"".join(orjson.dumps(self._as_json(s)) + b"\n" for s in spans)
         try:
-            with self._lock, self.path.open("a", encoding="utf-8") as out:
-                out.write("".join(line + "\n" for line in lines))
+            with self._lock, self.path.open("ab") as out:
+                out.write(lines)
         except OSError:
             log.warning("cannot write spans to %s", self.path, exc_info=True)
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
+    def _resource_json(self, resource: Resource) -> dict[str, Any]:
+        # One provider, one resource: encoded once.
+        if self._resource is None or self._resource[0] is not resource:
+            self._resource = (resource, orjson.loads(resource.to_json(indent=None)))
+        return self._resource[1]
+
+    def _as_json(self, span: ReadableSpan) -> dict[str, Any]:
+        status: dict[str, Any] = {"status_code": span.status.status_code.name}
+        if span.status.description:
+            status["description"] = span.status.description
+        return {
+            "name": span.name,
+            "context": _context_json(span.context) if span.context else None,
+            "kind": str(span.kind),
+            "parent_id": f"0x{span.parent.span_id:016x}" if span.parent is not None else None,
+            "start_time": ns_to_iso_str(span.start_time) if span.start_time else None,
+            "end_time": ns_to_iso_str(span.end_time) if span.end_time else None,
+            "status": status,
+            "attributes": _attributes_json(span.attributes),
+            "events": [
+                {
+                    "name": e.name,
+                    "timestamp": ns_to_iso_str(e.timestamp),
+                    "attributes": _attributes_json(e.attributes),
+                }
+                for e in span.events
+            ],
+            "links": [
+                {"context": _context_json(k.context), "attributes": _attributes_json(k.attributes)}
+                for k in span.links
+            ],
+            "resource": self._resource_json(span.resource),
+        }
+
     def shutdown(self) -> None:
         """Nothing to release: each export opens and closes the file."""
+
+
+def _context_json(context: trace.SpanContext) -> dict[str, str]:
+    return {
+        "trace_id": f"0x{context.trace_id:032x}",
+        "span_id": f"0x{context.span_id:016x}",
+        "trace_state": repr(context.trace_state),
+    }
+
+
+def _attributes_json(attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    return None if attributes is None else dict(attributes)
 
 
 def trace_destination(
@@ -407,6 +460,50 @@ def server_interceptors() -> list[grpc.aio.ServerInterceptor]:
         )
     interceptors.append(RpcTelemetryInterceptor())
     return interceptors
+
+
+def http_middlewares() -> list[Any]:
+    """aiohttp middlewares for the process's HTTP servers (the report viewer): when tracing
+    is on, one SERVER span per request, named by its route and continuing the caller's
+    ``traceparent``, so a page's queries and renderings join the trace that led to it.
+
+    Put them first, so the span sees the status that error middlewares below set.
+    """
+    if not _state.tracing:
+        return []
+    from aiohttp import web
+    from opentelemetry import propagate
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    tracer = trace.get_tracer(_TRACER_NAME)
+
+    @web.middleware
+    async def traced(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else ""
+        with tracer.start_as_current_span(
+            f"{request.method} {route}".strip(),
+            context=propagate.extract(request.headers),
+            kind=SpanKind.SERVER,
+            attributes={
+                "http.request.method": request.method,
+                "http.route": route,
+                "url.path": request.path,
+            },
+        ) as span:
+            try:
+                response = await handler(request)
+            except web.HTTPException as e:
+                span.set_attribute("http.response.status_code", e.status)
+                raise
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                span.set_status(StatusCode.ERROR)
+            return response
+
+    return [traced]
 
 
 def temporal_interceptors() -> list[temporalio.client.Interceptor]:

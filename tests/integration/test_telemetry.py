@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import httpx
 import pytest
+from opentelemetry import trace
+from opentelemetry.propagate import inject
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -183,6 +185,28 @@ async def test_one_generate_report_is_one_trace(mesh: MeshStack, org: str) -> No
         caller = by_id[_parent_id(peer) or 0]
         assert (caller.name, caller.kind) == (method, SpanKind.CLIENT)
         assert activity in _ancestors(peer, by_id)
+
+    # The viewer continues a caller's trace: its SERVER span is the child of the caller's
+    # span, and the page's queries are children of it.
+    caller = trace.get_tracer("test").start_span("browser")
+    headers = {"authorization": f"Bearer {mesh.token(org)}"}
+    inject(headers, context=trace.set_span_in_context(caller))
+    web_port = mesh.reporting.handle.web_port  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{web_port}/reports/{report.id}.json"
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(url, headers=headers)).status_code == 200
+    caller.end()
+    route = "GET /reports/{report_id}.{ext}"
+    page = await _eventually(
+        lambda: next((s for s in SPANS.get_finished_spans() if s.name == route), None)
+    )
+    assert page.kind == SpanKind.SERVER and _parent_id(page) == caller.get_span_context().span_id
+    assert (page.attributes or {}).get("http.response.status_code") == 200
+    assert any(
+        _parent_id(s) == page.context.span_id
+        for s in SPANS.get_finished_spans()
+        if (s.attributes or {}).get("db.system") == "postgresql"
+    )
 
     # Postgres: queries of the activities and of the peer services, in the same trace.
     queries = [s for s in spans if (s.attributes or {}).get("db.system") == "postgresql"]
