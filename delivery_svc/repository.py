@@ -11,10 +11,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+from asyncpg.pgproto import pgproto
 
 SCHEMA = "delivery"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -55,6 +57,18 @@ class SurveyRow:
             response_count=r["response_count"],
             last_seq=r["last_seq"],
         )
+
+
+def _records(
+    survey_id: uuid.UUID,
+    seq: int,
+    ids: Sequence[str],
+    completed: Sequence[bool],
+    payloads: Sequence[bytes],
+) -> list[tuple[Any, ...]]:
+    """``responses`` records in :data:`_RESPONSE_COLUMNS` order from the batch's columns."""
+    n = len(ids)
+    return list(zip(repeat(survey_id, n), ids, repeat(seq, n), completed, payloads, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,29 +175,76 @@ class DeliveryRepository:
         serves) never lies above a ``seq`` that is still to commit, and no other import can
         insert one of this batch's ids meanwhile. That makes the fast path safe: rows are
         COPYed (binary) straight into ``responses``, every column given, so PostgreSQL
-        inserts them in bulk. Only if an id turns out to be stored already does the batch
-        go through a staging table and ``INSERT ... ON CONFLICT DO NOTHING``.
+        inserts them in bulk. Only if an id turns out to be stored already is the batch
+        written again, through a staging table and ``INSERT ... ON CONFLICT DO NOTHING``.
         """
         if not rows:
             return BatchOutcome(0, 0)
-        unique: dict[str, tuple[str, bool, bytes]] = {}
-        for row in rows:
-            # The first of several rows with one id wins, as ON CONFLICT would have it.
-            unique.setdefault(row[0], row)
-        async with self._pool.acquire() as conn, conn.transaction():
+        # Columns, built in C rather than row by row in Python.
+        ids, completed, payloads = zip(*rows, strict=True)
+        if len(set(ids)) < len(ids):
+            unique: dict[str, tuple[str, bool, bytes]] = {}
+            for row in rows:
+                # The first of several rows with one id wins, as ON CONFLICT would have it.
+                unique.setdefault(row[0], row)
+            ids, completed, payloads = zip(*unique.values(), strict=True)
+        # asyncpg's own UUID type is copied as is; a uuid.UUID is converted once per row.
+        sid = pgproto.UUID(survey_id.bytes)
+        async with self._pool.acquire() as conn:
+            try:
+                async with conn.transaction():
+                    # One statement locks the survey, takes the batch's seq (evaluated
+                    # once the lock is held, so above every committed seq) and counts the
+                    # rows, assuming they are all new; a stored id fails the COPY and
+                    # rolls all of it back.
+                    seq = await conn.fetchval(
+                        "UPDATE surveys SET response_count = response_count + $2,"
+                        " last_seq = nextval('response_seq') WHERE id = $1 RETURNING last_seq",
+                        survey_id,
+                        len(ids),
+                    )
+                    await conn.copy_records_to_table(
+                        "responses",
+                        records=_records(sid, seq, ids, completed, payloads),
+                        columns=_RESPONSE_COLUMNS,
+                    )
+                inserted = len(ids)
+            except asyncpg.UniqueViolationError:
+                inserted = await self._insert_new(conn, sid, ids, completed, payloads)
+        return BatchOutcome(inserted=inserted, duplicates=len(rows) - inserted)
+
+    @staticmethod
+    async def _insert_new(
+        conn: asyncpg.Connection,
+        survey_id: uuid.UUID,
+        ids: Sequence[str],
+        completed: Sequence[bool],
+        payloads: Sequence[bytes],
+    ) -> int:
+        """Inserts the rows whose id is not stored yet, in one transaction; returns how many."""
+        async with conn.transaction():
             seq = await conn.fetchval(
                 "SELECT nextval('response_seq') FROM surveys WHERE id = $1 FOR NO KEY UPDATE",
                 survey_id,
             )
-            records = [(survey_id, i, seq, c, p) for i, c, p in unique.values()]
-            try:
-                async with conn.transaction():
-                    await conn.copy_records_to_table(
-                        "responses", records=records, columns=_RESPONSE_COLUMNS
-                    )
-                inserted = len(records)
-            except asyncpg.UniqueViolationError:
-                inserted = await self._insert_new(conn, records)
+            # Made once per pooled connection; its rows vanish at every commit or rollback.
+            # (ON COMMIT DROP would churn the catalog once per batch.)
+            await conn.execute(
+                "CREATE TEMP TABLE IF NOT EXISTS import_staging (survey_id uuid,"
+                ' id text COLLATE "C", seq bigint, completed boolean, payload bytea)'
+                " ON COMMIT DELETE ROWS"
+            )
+            await conn.copy_records_to_table(
+                "import_staging",
+                records=_records(survey_id, seq, ids, completed, payloads),
+                columns=_RESPONSE_COLUMNS,
+            )
+            status = await conn.execute(
+                "INSERT INTO responses (survey_id, id, seq, completed, payload)"
+                " SELECT survey_id, id, seq, completed, payload FROM import_staging"
+                " ON CONFLICT (survey_id, id) DO NOTHING"
+            )
+            inserted = int(status.rsplit(" ", 1)[1])
             if inserted:
                 await conn.execute(
                     "UPDATE surveys SET response_count = response_count + $2,"
@@ -192,27 +253,7 @@ class DeliveryRepository:
                     inserted,
                     seq,
                 )
-        return BatchOutcome(inserted=inserted, duplicates=len(rows) - inserted)
-
-    @staticmethod
-    async def _insert_new(conn: asyncpg.Connection, records: list[tuple[Any, ...]]) -> int:
-        """Inserts the records whose id is not stored yet; returns how many."""
-        # Made once per pooled connection; its rows vanish at every commit or rollback.
-        # (ON COMMIT DROP would churn the catalog once per batch.)
-        await conn.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS import_staging (survey_id uuid,"
-            ' id text COLLATE "C", seq bigint, completed boolean, payload bytea)'
-            " ON COMMIT DELETE ROWS"
-        )
-        await conn.copy_records_to_table(
-            "import_staging", records=records, columns=_RESPONSE_COLUMNS
-        )
-        status = await conn.execute(
-            "INSERT INTO responses (survey_id, id, seq, completed, payload)"
-            " SELECT survey_id, id, seq, completed, payload FROM import_staging"
-            " ON CONFLICT (survey_id, id) DO NOTHING"
-        )
-        return int(status.rsplit(" ", 1)[1])
+        return inserted
 
     async def count_responses(
         self, survey_id: uuid.UUID, watermark: int, completed_only: bool

@@ -48,7 +48,14 @@ class ImportTally:
         )
 
 
-def _prepare(
+# Rows checked between two yields to the event loop while a message is validated (a few
+# milliseconds of work): the previous message's COPY, whose data asyncpg writes as the
+# socket drains, then keeps streaming to PostgreSQL instead of stalling until the whole
+# message is checked.
+_CHUNK = 200
+
+
+async def _prepare(
     rows_filter: validation.RowFilter,
     responses: Sequence[bytes],
     index: int,
@@ -59,41 +66,55 @@ def _prepare(
 
     Most rows are accepted by the filter's fast path; the others are parsed and checked
     in full, which decides them and explains a rejection. Rejected rows are recorded in
-    ``tally``; they never affect their neighbours.
+    ``tally``; they never affect their neighbours. Yields to the event loop every
+    ``_CHUNK`` rows, so a batch being written meanwhile makes progress.
 
     Raises:
         InvalidArgument: a row is not a well-formed Response (the message is malformed).
     """
     rows: list[tuple[str, bool, bytes]] = []
-    accept = rows_filter.accept
-    check = rows_filter.checker.check
-    for offset, raw in enumerate(responses):
-        row = accept(raw)
-        if row is not None:
-            rows.append(row)
+    for start in range(0, len(responses), _CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        chunk = responses[start : start + _CHUNK]
+        accepted = list(map(rows_filter.accept, chunk))
+        if None not in accepted:  # the usual case: every row taken by the fast path
+            rows.extend(filter(None, accepted))
             continue
-        try:
-            r = response_pb2.Response.FromString(raw)
-        except DecodeError:
-            raise _malformed(index) from None
-        problem = check(r)
-        if problem is None:
-            # Stored with its survey id (appended: the last occurrence of a field wins),
-            # so StreamResponses sends the stored bytes as they are.
-            rows.append((r.id, r.completed, raw + rows_filter.suffix))
-            continue
-        tally.rejected += 1
-        if len(tally.rejections) < MAX_REJECTIONS:
-            tally.rejections.append(
-                pb.RejectedResponse(
-                    row=first_row + offset,
-                    response_id=r.id,
-                    field=problem.field,
-                    reason=problem.reason,
-                    description=problem.description,
-                )
-            )
+        for offset, (raw, row) in enumerate(zip(chunk, accepted, strict=True), first_row + start):
+            if row is None:
+                row = _check_row(rows_filter, raw, index, offset, tally)
+            if row is not None:
+                rows.append(row)
     return rows
+
+
+def _check_row(
+    rows_filter: validation.RowFilter, raw: bytes, index: int, row: int, tally: ImportTally
+) -> tuple[str, bool, bytes] | None:
+    """Checks a row the fast path left undecided in full: ``(id, completed, payload)`` if
+    it is valid, else None (the rejection is recorded in ``tally``)."""
+    try:
+        r = response_pb2.Response.FromString(raw)
+    except DecodeError:
+        raise _malformed(index) from None
+    problem = rows_filter.checker.check(r)
+    if problem is None:
+        # Stored with its survey id (appended: the last occurrence of a field wins),
+        # so StreamResponses sends the stored bytes as they are.
+        return r.id, r.completed, raw + rows_filter.suffix
+    tally.rejected += 1
+    if len(tally.rejections) < MAX_REJECTIONS:
+        tally.rejections.append(
+            pb.RejectedResponse(
+                row=row,
+                response_id=r.id,
+                field=problem.field,
+                reason=problem.reason,
+                description=problem.description,
+            )
+        )
+    return None
 
 
 def _malformed(index: int) -> InvalidArgument:
@@ -200,7 +221,7 @@ class Responses:
                     )
                 responses = message.responses
                 validation.check_import_batch(index, len(responses))
-                rows = _prepare(checker, responses, index, row, tally)
+                rows = await _prepare(checker, responses, index, row, tally)
                 row += len(responses)
                 index += 1
                 if pending is not None:

@@ -474,6 +474,13 @@ def _varint_at(encoded: bytes, pos: int, limit: int) -> tuple[int, int]:
 
 def _short_length(encoded: bytes, pos: int) -> tuple[int, int]:
     """A length of at most 3 varint bytes at ``pos`` (40,000 bytes is the longest valid text)."""
+    if pos + 1 < len(encoded):
+        # Lengths below 16,384 (one or two bytes) are the usual case: decoded inline.
+        low, high = encoded[pos], encoded[pos + 1]
+        if low < 0x80:
+            return low, pos + 1
+        if high < 0x80:
+            return low & 0x7F | high << 7, pos + 2
     return _varint_at(encoded, pos, 3)
 
 
@@ -498,8 +505,11 @@ class RowFilter:
         self.checker = ResponseChecker(questions)
         self._specs = self.checker._specs
         self._required = self.checker._required
-        self._known_answers: dict[bytes, str] = {}
-        self._known_entries: set[bytes] = set()
+        # Answer and attribute entry fields seen valid, as encoded in a row (tag, one-byte
+        # length, value): an answer maps to its question id, an entry to "" (question ids
+        # are never empty). A slice that runs past the row's end is shorter than its
+        # length byte says, so it never matches a key.
+        self._known: dict[bytes, str] = {}
         # Question id bytes of the free-text questions: the one answer kind whose values
         # rarely repeat, recognised by layout instead.
         self._text_ids = {
@@ -515,7 +525,9 @@ class RowFilter:
 
         The walk below reads the fields in their usual encoding (each one once, lengths
         and flags in short varints, no unknown fields) and gives up on anything else;
-        slicing bytes is far cheaper than reading a parsed message from Python.
+        slicing bytes is far cheaper than reading a parsed message from Python. A field
+        seen valid before (most answers and attribute entries) costs one slice and one
+        dictionary look-up.
         """
         n = len(raw)
         pos = 0
@@ -523,44 +535,48 @@ class RowFilter:
         completed = False
         start = complete = b""
         has_start = has_complete = False
-        known = self._known_answers
-        known_entries = self._known_entries
-        answered: set[str] = set()
-        entries = 0
+        known = self._known
+        # The question id of every answer and "" for every attribute entry, in order.
+        kinds: list[str] = []
         try:
             while pos < n:
+                # A field seen valid before is a key of known, with its tag and one-byte
+                # length. Any other slice taken here matches no key: it starts with
+                # another tag, or has a length byte of 0x80 or more, or runs past the row
+                # and is shorter than its length byte says.
+                end = pos + 2 + raw[pos + 1]
+                kind = known.get(raw[pos:end])
+                if kind is not None:
+                    kinds.append(kind)
+                    pos = end
+                    continue
                 tag = raw[pos]
+                size = raw[pos + 1]
                 if tag == 0x28:  # completed (varint)
-                    flag = raw[pos + 1]
-                    if flag > 1:
+                    if size > 1:
                         return None
-                    completed = flag == 1
+                    completed = size == 1
                     pos += 2
                     continue
-                size = raw[pos + 1]
-                pos += 2
-                if size > 0x7F:
-                    size, pos = _short_length(raw, pos - 1)
+                field = pos
+                if size < 0x80:
+                    pos += 2
+                else:
+                    size, pos = _short_length(raw, pos + 1)
                     if size < 0:
                         return None
-                end = pos + size
+                    end = pos + size
                 if end > n:
                     return None
-                if tag == 0x3A:  # an answer
-                    encoded = raw[pos:end]
-                    qid = known.get(encoded)
+                if tag == 0x3A:  # an answer not seen before
+                    qid = self._learn_answer(raw, field, pos, end)
                     if qid is None:
-                        qid = self._learn_answer(encoded)
-                        if qid is None:
-                            return None
-                    if qid in answered:
                         return None
-                    answered.add(qid)
-                elif tag == 0x32:  # an attribute entry
-                    entry = raw[pos:end]
-                    if entry not in known_entries and not self._learn_entry(entry):
+                    kinds.append(qid)
+                elif tag == 0x32:  # an attribute entry not seen before
+                    if not self._learn_entry(raw, field, pos, end):
                         return None
-                    entries += 1
+                    kinds.append("")
                 elif tag == 0x0A and not rid:  # id (twice: the parser checks both)
                     rid = raw[pos:end]
                 elif tag == 0x12:  # survey_id: replaced when stored, yet must be UTF-8
@@ -577,6 +593,11 @@ class RowFilter:
                 pos = end
         except IndexError:
             return None
+        entries = kinds.count("")
+        answered = set(kinds)
+        answered.discard("")
+        if len(answered) != len(kinds) - entries:  # a question answered twice
+            return None
         if _ID_BYTES_RE.fullmatch(rid) is None or entries > MAX_ATTRIBUTES:
             return None
         if completed and not (has_complete and self._required <= answered):
@@ -590,23 +611,40 @@ class RowFilter:
                 return None
         return rid.decode(), completed, raw + self.suffix
 
-    def _learn_answer(self, encoded: bytes) -> str | None:
-        """The question id of a valid encoded Answer, or None if it is not (surely) valid."""
-        n = len(encoded)
+    def _remember(self, raw: bytes, field: int, begin: int, end: int, kind: str) -> None:
+        """Remembers the valid field ``raw[field:end]`` (value ``raw[begin:end]``) as ``kind``.
+
+        Only fields in the layout :meth:`accept` looks up (tag and a one-byte length) are
+        remembered, and only short ones: there are few distinct values of those.
+        """
+        if (
+            begin - field == 2
+            and end - begin <= _KNOWN_MAX_BYTES
+            and len(self._known) < _KNOWN_LIMIT
+        ):
+            self._known[raw[field:end]] = kind
+
+    def _learn_answer(self, raw: bytes, field: int, begin: int, end: int) -> str | None:
+        """The question id of the encoded Answer ``raw[begin:end]`` if it is surely valid.
+
+        ``field`` is where the answer's field (tag, length) starts. None means invalid or
+        not sure.
+        """
         # Free text: exactly field 1 (question id) then field 7 (text), nothing else.
-        if n > 3 and encoded[0] == 0x0A and (size := encoded[1]) < 0x80 and n > size + 3:
-            qid = self._text_ids.get(encoded[2 : 2 + size])
-            if qid is not None and encoded[2 + size] == 0x3A:
-                length, begin = _short_length(encoded, 3 + size)
-                if length > 0 and begin + length == n:
+        if end - begin > 3 and raw[begin] == 0x0A and (size := raw[begin + 1]) < 0x80:
+            at = begin + 2 + size
+            qid = self._text_ids.get(raw[begin + 2 : at])
+            if qid is not None and at < end and raw[at] == 0x3A:
+                length, first = _short_length(raw, at + 1)
+                if length > 0 and first + length == end:
                     try:
-                        text = encoded[begin:].decode()
+                        text = raw[first:end].decode()
                     except UnicodeDecodeError:
                         text = ""
                     if 0 < len(text) <= MAX_TEXT_ANSWER:
                         return qid
         try:
-            a = response_pb2.Answer.FromString(encoded)
+            a = response_pb2.Answer.FromString(raw[begin:end])
         except DecodeError:
             return None
         qid = a.question_id
@@ -616,18 +654,16 @@ class RowFilter:
         case = a.WhichOneof("value")
         if case != spec.case or not _value_ok(a, case, spec):
             return None
-        if n <= _KNOWN_MAX_BYTES and len(self._known_answers) < _KNOWN_LIMIT:
-            self._known_answers[encoded] = qid
+        self._remember(raw, field, begin, end, qid)
         return qid
 
-    def _learn_entry(self, encoded: bytes) -> bool:
-        """Whether an encoded attribute entry is valid (and remembers it if so)."""
+    def _learn_entry(self, raw: bytes, field: int, begin: int, end: int) -> bool:
+        """Whether the encoded attribute entry ``raw[begin:end]`` is valid (remembered if so)."""
         try:
-            entry = AttributeEntryView.FromString(encoded)
+            entry = AttributeEntryView.FromString(raw[begin:end])
         except DecodeError:
             return False
         if not 1 <= len(entry.key) <= MAX_ATTRIBUTE_KEY or len(entry.value) > MAX_ATTRIBUTE_VALUE:
             return False
-        if len(encoded) <= _KNOWN_MAX_BYTES and len(self._known_entries) < _KNOWN_LIMIT:
-            self._known_entries.add(encoded)
+        self._remember(raw, field, begin, end, "")
         return True

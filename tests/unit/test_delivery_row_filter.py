@@ -152,4 +152,24 @@ def test_remembered_answers_still_count_once_per_response() -> None:
     r.answers.add().CopyFrom(r.answers[2])
     # The repeated rating is remembered as valid, yet answering it twice is refused.
     assert rows.accept(r.SerializeToString()) is None
-    assert A(question_id="rate", rating=5).SerializeToString() in rows._known_answers
+    answer = A(question_id="rate", rating=5).SerializeToString()
+    assert b"\x3a" + bytes([len(answer)]) + answer in rows._known
+
+
+def test_byte_damage_never_slips_through_remembered_fields() -> None:
+    """Damaged rows checked by one filter, which by then remembers the row's fields."""
+    rng = random.Random(12)
+    rows = RowFilter(questions(), SID)
+    checker = ResponseChecker(questions())
+    raw = good().SerializeToString()
+    assert rows.accept(raw) is not None
+    accepted = 0
+    for _ in range(20000):
+        damaged = bytearray(raw)
+        for _ in range(rng.randint(1, 3)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        cut = bytes(damaged[: rng.randrange(len(damaged) // 2, len(damaged) + 1)])
+        if rows.accept(cut) is not None:
+            assert checker.check(response_pb2.Response.FromString(cut)) is None
+            accepted += 1
+    assert accepted > 0
