@@ -340,3 +340,35 @@ def test_parse_binary_copy() -> None:
         )
     with pytest.raises(ValueError):
         parse_binary_copy(b"not copy", [">f8"])
+
+
+def test_rank_tests_equal_scipy_on_random_samples() -> None:
+    """mann_whitney_test and kruskal_test compute scipy.stats' results themselves (scipy's
+    per-call overhead dominated small segments); they must agree with it exactly."""
+    rng = np.random.default_rng(20261125)
+    checked = 0
+    for _ in range(400):
+        groups = []
+        for _ in range(int(rng.integers(2, 6))):
+            n = int(rng.integers(1, 40))
+            kind = int(rng.integers(0, 3))
+            if kind == 0:  # NPS-like: many ties
+                groups.append(rng.integers(0, 11, n).astype(float))
+            elif kind == 1:  # continuous: no ties, exact MWU for small groups
+                groups.append(rng.normal(size=n))
+            else:  # ratings
+                groups.append(rng.integers(1, 6, n).astype(float))
+        a, b = groups[0], groups[1]
+        mw = st.mann_whitney_test(a, b)
+        if a.size + b.size >= 3 and np.ptp(np.concatenate([a, b])) > 0:
+            ref = sps.mannwhitneyu(a, b, alternative="two-sided", method="auto")
+            assert mw["statistic"] == pytest.approx(float(ref.statistic), rel=1e-9)
+            assert mw["p_value"] == pytest.approx(float(ref.pvalue), rel=1e-9, abs=1e-12)
+            checked += 1
+        kw = st.kruskal_test(groups)
+        if np.ptp(np.concatenate(groups)) > 0:
+            ref = sps.kruskal(*groups)
+            assert kw["statistic"] == pytest.approx(float(ref.statistic), rel=1e-9)
+            assert kw["p_value"] == pytest.approx(float(ref.pvalue), rel=1e-9, abs=1e-12)
+            checked += 1
+    assert checked > 700
