@@ -32,6 +32,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from reporting_svc import repository as repo
 from reporting_svc import store
+from reporting_svc.component_cache import ComponentCache
 from reporting_svc.events import EventHub
 from reporting_svc.render import Format, Rendered, ReportDocument, StoredComponent, render
 from reporting_svc.render.pool import RenderPool
@@ -78,10 +79,6 @@ F = report_pb2.RenderFormat
 REPORT_ID_NAMESPACE = uuid.UUID("6f1d3b52-8a4e-4c1f-9d0b-2f6c1e7a9b35")
 BATCH_ID_NAMESPACE = uuid.UUID("b7e2c9a4-13d5-4f6e-8a70-5c9d2e1f3a68")
 CANCEL_ROLES = frozenset({"analyst", "admin"})
-# WatchReport reads the log in batches, so a far-behind reader never loads it whole.
-EVENT_BATCH = 500
-# A watcher re-reads the log at least this often even without a notification (safety net).
-WATCH_POLL_SECONDS = 15.0
 # GetReport FULL inlines component data up to this total; larger components come back with
 # `size_bytes` but no `data` (fetch them with GetReportComponent), so a response never
 # exceeds the 4 MiB message limit.
@@ -90,6 +87,8 @@ FULL_VIEW_DATA_BUDGET = 3 * 1024 * 1024
 RENDER_CHUNK = 1024 * 1024 - 4096
 # Renderings of completed reports kept per process (they never change).
 RENDER_CACHE_BYTES = 64 * 1024 * 1024
+# Component data GetReport FULL keeps in memory (see reporting_svc.component_cache).
+COMPONENT_CACHE_BYTES = 64 * 1024 * 1024
 # Concurrent CheckSurveyAccess calls of one GenerateReports.
 ACCESS_CHECK_CONCURRENCY = 16
 _TRANSIENT_TEMPORAL = frozenset(
@@ -121,12 +120,18 @@ def batch_item_request_id(request_id: str, index: int) -> str:
     return f"{request_id}/{index}"
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
     if value is None:
         return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromDatetime(value)
-    return ts
+    # The arithmetic of Timestamp.FromDatetime (naive means UTC) at a quarter of its cost:
+    # a FULL report has a dozen timestamps.
+    delta = (value if value.tzinfo is not None else value.replace(tzinfo=UTC)) - _EPOCH
+    return timestamp_pb2.Timestamp(
+        seconds=delta.days * 86400 + delta.seconds, nanos=delta.microseconds * 1000
+    )
 
 
 def _error(value: dict[str, Any] | None) -> report_pb2.ReportError | None:
@@ -139,13 +144,14 @@ def _error(value: dict[str, Any] | None) -> report_pb2.ReportError | None:
     )
 
 
-def component_to_pb(row: asyncpg.Record, *, with_data: bool = True) -> report_pb2.Component:
-    """A stored component as a proto ``Component``."""
+def component_to_pb(row: asyncpg.Record, data: bytes | None = None) -> report_pb2.Component:
+    """A component row of :mod:`reporting_svc.repository` as a proto ``Component``, with
+    ``data`` as its bytes (by default the row's own)."""
     return report_pb2.Component(
         type=row["component_type"],
-        data=bytes(row["data"]) if with_data else b"",
+        data=row["data"] if data is None else data,
         size_bytes=row["size_bytes"],
-        create_time=_ts(row["create_time"]),
+        create_time=_ts(row["component_create_time"]),
         schema_version=row["schema_version"],
     )
 
@@ -203,6 +209,31 @@ def event_to_pb(report_id: str, row: asyncpg.Record) -> report_pb2.ReportEvent:
     )
 
 
+class StoredEvents:
+    """The reports' event logs in the reporting database, as :class:`EventHub` reads them.
+
+    Args:
+        pool: The reporting database.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def events_after(
+        self, report_id: str, after: int, limit: int
+    ) -> list[report_pb2.ReportEvent]:
+        """Up to ``limit`` events of the report with a sequence above ``after``, in order."""
+        rows = await repo.events_after(self._pool, report_id, after, limit)
+        return [event_to_pb(report_id, r) for r in rows]
+
+    async def position(self, report_id: str) -> tuple[int, bool] | None:
+        """The report's last sequence and whether it has ended, or None if it does not exist."""
+        row = await repo.report_progress(self._pool, report_id)
+        if row is None:
+            return None
+        return row["last_sequence"], row["state"] in store.TERMINAL_STATES
+
+
 def _report_not_found() -> NotFound:
     # One message and reason for missing, foreign and role-hidden reports alike.
     return NotFound("report not found", reason="REPORT_NOT_FOUND")
@@ -232,6 +263,7 @@ class Reports:
         self._pool = pool
         self._renderer = renderer or RenderPool(0)
         self._rendered = RenderCache(RENDER_CACHE_BYTES)
+        self._component_data = ComponentCache(COMPONENT_CACHE_BYTES)
         self._temporal = temporal
         self._delivery = delivery
         self._hub = hub
@@ -495,28 +527,61 @@ class Reports:
     async def get(self, principal: Principal, report_id: str, view: int) -> report_pb2.Report:
         """One report; FULL (the default) inlines component data, BASIC only their sizes."""
         full = view != V.REPORT_VIEW_BASIC
-        async with (
-            self._pool.acquire() as conn,
-            conn.transaction(isolation="repeatable_read", readonly=True),
-        ):
-            row = await self._get_row(conn, principal, report_id)
-            comps = await repo.components(conn, report_id, with_data=full)
-        out = []
-        budget = FULL_VIEW_DATA_BUDGET
-        for c in comps:
-            inline = full and c["size_bytes"] <= budget
-            if inline:
-                budget -= c["size_bytes"]
-            out.append(component_to_pb(c, with_data=inline))
-        return report_to_pb(row, out)
+        # Data held in memory for this report: read the row and the sizes only.
+        held = full and report_id in self._component_data
+        rows = await repo.report_with_components(
+            self._pool,
+            principal.org,
+            sorted(principal.roles),
+            report_id,
+            with_data=full and not held,
+        )
+        if not rows:
+            raise _report_not_found()
+        # The one row of a report without components has NULL component columns.
+        comps = [c for c in rows if c["component_type"] is not None]
+        inline = []
+        if full:
+            budget = FULL_VIEW_DATA_BUDGET
+            for c in comps:
+                if c["size_bytes"] <= budget:
+                    budget -= c["size_bytes"]
+                    inline.append(c)
+        data = await self._component_bytes(report_id, inline, read=not held)
+        out = [component_to_pb(c, data.get(c["component_type"], b"")) for c in comps]
+        return report_to_pb(rows[0], out)
+
+    async def _component_bytes(
+        self, report_id: str, rows: Sequence[asyncpg.Record], *, read: bool
+    ) -> dict[str, bytes]:
+        """The bytes of these components, by type: from ``rows`` when they were ``read``
+        with their data, else from memory and, for what is not held, the database."""
+        if read:
+            for c in rows:
+                self._component_data.put(report_id, c, c["data"])
+            return {c["component_type"]: c["data"] for c in rows}
+        data = self._component_data.get(report_id, rows)
+        missing = {c["component_type"]: c for c in rows if c["component_type"] not in data}
+        if missing:
+            for r in await repo.component_data(self._pool, report_id, list(missing)):
+                want = missing[r["component_type"]]
+                # Rows never change; a mismatch means the report was deleted and made anew
+                # in between, and the component is left to GetReportComponent.
+                if r["component_create_time"] == want["component_create_time"]:
+                    self._component_data.put(report_id, want, r["data"])
+                    data[r["component_type"]] = r["data"]
+        return data
 
     async def get_component(
         self, principal: Principal, report_id: str, component_type: str
     ) -> report_pb2.Component:
         """One stored component with its data."""
-        await self._get_row(self._pool, principal, report_id)
-        row = await repo.component(self._pool, report_id, component_type)
+        row = await repo.visible_component(
+            self._pool, principal.org, sorted(principal.roles), report_id, component_type
+        )
         if row is None:
+            raise _report_not_found()
+        if row["component_type"] is None:
             raise NotFound(
                 "component not found (not stored yet, or not part of this report)",
                 reason="COMPONENT_NOT_FOUND",
@@ -574,34 +639,9 @@ class Reports:
         reconnects, to any replica, with the last sequence it received.
         """
         await self._get_row(self._pool, principal, report_id)
-        # Subscribe before the first read: an event committed between the read and the
-        # subscription would otherwise never wake this watcher.
-        with self._hub.subscribe(report_id) as sub:
-            last = after_sequence
-            while True:
-                sub.clear()
-                rows = await repo.events_after(self._pool, report_id, last, EVENT_BATCH)
-                for r in rows:
-                    last = r["sequence"]
-                    yield event_to_pb(report_id, r)
-                    if r["type"] in store.TERMINAL_EVENTS:
-                        return
-                if len(rows) == EVENT_BATCH:
-                    continue
-                if self._hub.closed:
-                    return
-                if not rows:
-                    progress = await repo.report_progress(self._pool, report_id)
-                    # Terminal and nothing after `last`: the client already has the end (it
-                    # asked from at or beyond the terminal event).
-                    if progress is None or (
-                        progress["state"] in store.TERMINAL_STATES
-                        and progress["last_sequence"] <= last
-                    ):
-                        return
-                    if progress["last_sequence"] > last:
-                        continue
-                await sub.wait(WATCH_POLL_SECONDS)
+        # The events are shared with the report's other watchers (one read per commit).
+        async for event in self._hub.follow(report_id, after_sequence):
+            yield event
 
     # -- cancellation ------------------------------------------------------------------
 

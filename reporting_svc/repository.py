@@ -112,6 +112,86 @@ async def get_report(
     )
 
 
+# A component as the API serves it; its create_time is renamed so that it can sit beside the
+# report's columns in one row.
+_COMPONENT_COLUMNS = """
+    c.component_type, {data} AS data, octet_length(c.data) AS size_bytes, c.schema_version,
+    c.create_time AS component_create_time
+"""
+
+
+async def report_with_components(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    org: str,
+    roles: Sequence[str],
+    report_id: str,
+    *,
+    with_data: bool,
+) -> list[asyncpg.Record]:
+    """One visible report joined with its components, in type order; [] when not visible.
+
+    One row per component, each with the report's columns and the component's
+    (``component_type``, ``data``, ``size_bytes``, ``schema_version``,
+    ``component_create_time``); a report without components is one row whose component
+    columns are NULL. ``data`` is empty bytes unless asked for. A single statement reads one
+    snapshot, so report and components agree without a transaction, in one round trip.
+    """
+    columns = _COMPONENT_COLUMNS.format(data="c.data" if with_data else "''::bytea")
+    return await conn.fetch(
+        f"""
+        SELECT {REPORT_COLUMNS}, {columns}
+        FROM reports r LEFT JOIN report_components c ON c.report_id = r.id
+        WHERE r.org_id = $1 AND {_VISIBLE} AND r.id = $3
+        ORDER BY c.component_type
+        """,
+        org,
+        list(roles),
+        report_id,
+    )
+
+
+async def visible_component(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    org: str,
+    roles: Sequence[str],
+    report_id: str,
+    component_type: str,
+) -> asyncpg.Record | None:
+    """One stored component with its data, of a report visible to the caller.
+
+    None when the report is not visible; a row whose component columns are NULL when the
+    report is visible but has no such component (yet).
+    """
+    columns = _COMPONENT_COLUMNS.format(data="c.data")
+    return await conn.fetchrow(
+        f"""
+        SELECT {columns}
+        FROM reports r
+        LEFT JOIN report_components c ON c.report_id = r.id AND c.component_type = $4
+        WHERE r.org_id = $1 AND {_VISIBLE} AND r.id = $3
+        """,
+        org,
+        list(roles),
+        report_id,
+        component_type,
+    )
+
+
+async def component_data(
+    conn: asyncpg.Connection | asyncpg.Pool, report_id: str, component_types: Sequence[str]
+) -> list[asyncpg.Record]:
+    """The bytes of some of a report's components (``component_type``, ``data``,
+    ``component_create_time``); the caller has already read the report as visible."""
+    return await conn.fetch(
+        """
+        SELECT c.component_type, c.data, c.create_time AS component_create_time
+        FROM report_components c WHERE c.report_id = $1 AND c.component_type = ANY($2::text[])
+        """,
+        report_id,
+        list(component_types),
+    )
+
+
 async def report_progress(pool: asyncpg.Pool, report_id: str) -> asyncpg.Record | None:
     """A report's state and last sequence (for a watcher that found nothing new)."""
     return await pool.fetchrow("SELECT state, last_sequence FROM reports WHERE id = $1", report_id)
@@ -129,21 +209,6 @@ async def components(
         FROM report_components c WHERE c.report_id = $1 ORDER BY c.component_type
         """,
         report_id,
-    )
-
-
-async def component(
-    conn: asyncpg.Connection | asyncpg.Pool, report_id: str, component_type: str
-) -> asyncpg.Record | None:
-    """One stored component with its data, or None."""
-    return await conn.fetchrow(
-        """
-        SELECT c.component_type, c.data, octet_length(c.data) AS size_bytes,
-               c.schema_version, c.create_time
-        FROM report_components c WHERE c.report_id = $1 AND c.component_type = $2
-        """,
-        report_id,
-        component_type,
     )
 
 

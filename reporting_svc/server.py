@@ -12,7 +12,7 @@ from reporting_svc import store
 from reporting_svc.events import EventHub
 from reporting_svc.ratelimit import OrgRateLimiter
 from reporting_svc.render.pool import RenderPool
-from reporting_svc.reports import Reports
+from reporting_svc.reports import Reports, StoredEvents
 from reporting_svc.servicer import ReportingServicer
 from reporting_svc.web import Viewer
 from surveymesh.auth import TokenAuthority
@@ -128,9 +128,13 @@ async def create_server(
             migrations=store.MIGRATIONS,
             min_size=settings.db_pool_min,
             max_size=settings.db_pool_max,
+            # Nothing here leaves session state on a pooled connection (the LISTEN hub has a
+            # connection of its own; migrations unlock their advisory lock), so a connection
+            # goes back to the pool without a reset round trip (half of a GetReport's).
+            reset_sessions=False,
         )
         cleanups.append(pool.close)
-        hub = EventHub(dsn)
+        hub = EventHub(dsn, StoredEvents(pool))
         await hub.start()
         cleanups.append(hub.close)
         if temporal_client is None:

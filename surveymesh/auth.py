@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import json
+import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,12 @@ ADMIN_ROLES = frozenset({"admin"})
 # HS256 for development (one shared secret); RS256/ES256 for production (public keys in a
 # JWKS). Anything else, `none` above all, is refused whatever the configuration says.
 SUPPORTED_ALGORITHMS = ("HS256", "RS256", "ES256")
+# Verified tokens are remembered by their exact text for this long (never past their own
+# expiry): a client sends the same token with every call, and checking a signature costs
+# more than a small RPC's own work. An authority's keys and rules never change (rotation is
+# a restart), so a token that verified once keeps verifying until it expires.
+VERIFIED_TOKEN_SECONDS = 60.0
+VERIFIED_TOKEN_MAX = 4096
 
 
 @dataclass(frozen=True)
@@ -151,6 +158,7 @@ class TokenAuthority:
         audience: Expected ``aud`` claim.
         issuer: Expected ``iss`` claim.
         leeway: Clock skew tolerated on ``exp``/``nbf``, in seconds.
+        cache_seconds: How long a verified token is remembered (0: verify every time).
     """
 
     def __init__(
@@ -163,6 +171,7 @@ class TokenAuthority:
         audience: str = "surveymesh",
         issuer: str = "surveymesh",
         leeway: float = 30,
+        cache_seconds: float = VERIFIED_TOKEN_SECONDS,
     ) -> None:
         verification = list(keys)
         if secret:
@@ -184,6 +193,10 @@ class TokenAuthority:
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway
+        self._cache_seconds = cache_seconds
+        # token -> (caller, wall-clock time until which it is served from here)
+        self._verified: dict[str, tuple[Principal, float]] = {}
+        self._verified_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenAuthority:
@@ -285,9 +298,32 @@ class TokenAuthority:
     def verify(self, token: str) -> Principal:
         """Checks algorithm, key, signature, expiry, audience and issuer; returns the caller.
 
+        A token that verified within the last ``cache_seconds`` is not checked again, unless
+        it has expired since (only successes are remembered).
+
         Raises:
             Unauthenticated: the token is invalid for any reason (the reason says which).
         """
+        now = time.time()
+        known = self._verified.get(token)
+        if known is not None and now < known[1]:
+            return known[0]
+        principal, expires = self._verify(token)
+        if self._cache_seconds > 0:
+            self._remember(token, principal, min(now + self._cache_seconds, expires), now)
+        return principal
+
+    def _remember(self, token: str, principal: Principal, until: float, now: float) -> None:
+        with self._verified_lock:
+            if len(self._verified) >= VERIFIED_TOKEN_MAX:
+                for old in [t for t, (_, u) in self._verified.items() if u <= now]:
+                    del self._verified[old]
+                if len(self._verified) >= VERIFIED_TOKEN_MAX:
+                    del self._verified[next(iter(self._verified))]  # the oldest
+            self._verified[token] = (principal, until)
+
+    def _verify(self, token: str) -> tuple[Principal, float]:
+        """The full check: the caller and the time from which the token counts as expired."""
         claims: dict[str, Any] | None = None
         for key in self._candidates(token):
             try:
@@ -332,7 +368,9 @@ class TokenAuthority:
             raise Unauthenticated("token lacks org or sub", reason="TOKEN_MISSING_CLAIM")
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise Unauthenticated("token roles must be a list of strings", reason="TOKEN_INVALID")
-        return Principal(user=user, org=org, roles=frozenset(r for r in roles if r in ROLES))
+        principal = Principal(user=user, org=org, roles=frozenset(r for r in roles if r in ROLES))
+        # PyJWT's own rule: expired once exp <= now - leeway (exp is required and numeric).
+        return principal, int(claims["exp"]) + self._leeway
 
     def verify_header(self, value: str | None) -> Principal:
         """Verifies an ``authorization`` header value of the form ``Bearer <token>``."""

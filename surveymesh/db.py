@@ -31,16 +31,36 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    # asyncpg has already rolled back any open transaction and dropped listeners.
+    pass
+
+
 async def create_pool(
-    dsn: str, *, schema: str, min_size: int = 1, max_size: int = 10, command_timeout: float = 60
+    dsn: str,
+    *,
+    schema: str,
+    min_size: int = 1,
+    max_size: int = 10,
+    command_timeout: float = 60,
+    reset_sessions: bool = True,
 ) -> asyncpg.Pool:
-    """Opens a pool whose connections see ``schema`` first on their search path."""
+    """Opens a pool whose connections see ``schema`` first on their search path.
+
+    Args:
+        reset_sessions: Run asyncpg's session reset (``pg_advisory_unlock_all(); CLOSE ALL;
+            UNLISTEN *; RESET ALL``) whenever a connection goes back to the pool, one more
+            round trip per pooled query. A service whose code never leaves session state on
+            pooled connections (``SET`` without ``LOCAL``, ``LISTEN``, session advisory locks,
+            ``WITH HOLD`` cursors) passes False; an open transaction is rolled back either way.
+    """
     pool = await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         command_timeout=command_timeout,
         init=_init_connection,
+        reset=None if reset_sessions else _keep_session,
         server_settings={
             "search_path": f"{schema},public",
             "application_name": f"surveymesh-{schema}",
@@ -89,10 +109,21 @@ async def apply_migrations(pool: asyncpg.Pool, schema: str, directory: Path) -> 
 
 
 async def open_database(
-    dsn: str, *, schema: str, migrations: Path, min_size: int = 1, max_size: int = 10
+    dsn: str,
+    *,
+    schema: str,
+    migrations: Path,
+    min_size: int = 1,
+    max_size: int = 10,
+    reset_sessions: bool = True,
 ) -> asyncpg.Pool:
-    """Opens the pool and brings the schema up to date: what every service does at start."""
-    pool = await create_pool(dsn, schema=schema, min_size=min_size, max_size=max_size)
+    """Opens the pool and brings the schema up to date: what every service does at start.
+
+    ``reset_sessions``: see :func:`create_pool`.
+    """
+    pool = await create_pool(
+        dsn, schema=schema, min_size=min_size, max_size=max_size, reset_sessions=reset_sessions
+    )
     try:
         await apply_migrations(pool, schema, migrations)
     except BaseException:

@@ -244,7 +244,7 @@ class JsonLinesSpanExporter(SpanExporter):
         self._resource: tuple[Resource, dict[str, Any]] | None = None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = b"".join(orjson.dumps(self._as_json(s)) + b"\n" for s in spans)
+        lines = b"".join(self._line(s) + b"\n" for s in spans)
         try:
             with self._lock, self.path.open("ab") as out:
                 out.write(lines)
@@ -252,6 +252,12 @@ class JsonLinesSpanExporter(SpanExporter):
             log.warning("cannot write spans to %s", self.path, exc_info=True)
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+    def _line(self, span: ReadableSpan) -> bytes:
+        try:
+            return orjson.dumps(self._as_json(span))
+        except TypeError:  # a value orjson refuses (an integer beyond 64 bits): the SDK's way
+            return span.to_json(indent=None).encode()
 
     def _resource_json(self, resource: Resource) -> dict[str, Any]:
         # One provider, one resource: encoded once.
@@ -578,12 +584,19 @@ def _traced_query(method: str, original: Callable[..., Awaitable[Any]]) -> Calla
         database = getattr(getattr(self, "_params", None), "database", None)
         if database:
             attributes["db.namespace"] = str(database)
-        with trace.get_tracer(_TRACER_NAME).start_as_current_span(
+        with _query_tracer().start_as_current_span(
             name, kind=SpanKind.CLIENT, attributes=attributes
         ):
             return await original(self, *args, **kwargs)
 
     return traced
+
+
+@functools.cache
+def _query_tracer() -> trace.Tracer:
+    # get_tracer builds a new Tracer on every call, which cost as much as half a span; first
+    # used inside a traced operation, so after the process's provider is installed.
+    return trace.get_tracer(_TRACER_NAME)
 
 
 # -- gRPC server metrics -------------------------------------------------------------------

@@ -410,6 +410,18 @@ async def test_get_report_views_and_components(stack: Stack, org: str) -> None:
     assert [(c.type, c.data, c.size_bytes) for c in basic.components] == [
         ("basic_stats", b"", len(basic_stats))
     ]
+    # The server keeps the bytes it read: a component stored since comes along (read from
+    # the database), and repeated reads serve the same bytes.
+    trend = orjson.dumps({"points": [1, 2, 3]})
+    await store.store_component(stack.pool, report.id, "trend", trend)
+    for _ in range(2):
+        again = (
+            await stack.stub.GetReport(pb.GetReportRequest(report_id=report.id), metadata=md)
+        ).report
+        assert [(c.type, c.data, c.size_bytes) for c in again.components] == [
+            ("basic_stats", basic_stats, len(basic_stats)),
+            ("trend", trend, len(trend)),
+        ]
     comp = await stack.stub.GetReportComponent(
         pb.GetReportComponentRequest(report_id=report.id, component_type="basic_stats"), metadata=md
     )

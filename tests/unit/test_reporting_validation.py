@@ -1,8 +1,7 @@
-"""Pure logic of ReportingService: request validation, ids, JSON rendering, subscriptions."""
+"""Pure logic of ReportingService: request validation, ids, JSON rendering."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import uuid
 
@@ -10,7 +9,6 @@ import orjson
 import pytest
 
 from reporting_svc import validation
-from reporting_svc.events import Subscription
 from reporting_svc.render.document import ReportDocument, StoredComponent
 from reporting_svc.render.json import render_json
 from reporting_svc.reports import batch_uuid, report_uuid
@@ -141,18 +139,3 @@ def test_render_json_splices_component_data_verbatim() -> None:
     assert out["components"]["nps"]["data"] == {"score": 42, "buckets": [1, 2]}
     assert out["components"]["nps"]["schema_version"] == 2
     assert out["components"]["nps"]["size_bytes"] == len(b'{"score": 42, "buckets": [1, 2]}')
-
-
-async def test_a_subscription_keeps_only_the_latest_sequence() -> None:
-    sub = Subscription("r1")
-    for seq in (3, 9, 5):
-        sub.notify(seq)
-    assert sub.latest == 9
-    await asyncio.wait_for(sub.wait(10), 1)  # already woken: returns at once
-    sub.clear()
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    await sub.wait(0.05)  # not woken: the safety-net timeout
-    assert loop.time() - start >= 0.04
-    loop.call_later(0.01, sub.wake)
-    await asyncio.wait_for(sub.wait(10), 1)
