@@ -172,6 +172,9 @@ class BenchStack:
         self._channels += [d, r]
         self.delivery = dgrpc.DeliveryServiceStub(d)
         self.reporting = rgrpc.ReportingServiceStub(r)
+        # The mesh waits for the services only; the first report must not wait for the
+        # worker's start-up (and its metrics, read around every report, must be served).
+        await self._await_polling()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
