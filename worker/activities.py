@@ -15,14 +15,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from itertools import chain, repeat
 from typing import Any, TypeVar
 
 import asyncpg
 import grpc
 import numpy as np
 import orjson
+from google.protobuf import timestamp_pb2
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -31,7 +34,7 @@ from reporting_svc.store import Event
 from surveymesh.config import Settings
 from surveymesh.delivery.v1 import delivery_service_pb2 as dpb
 from surveymesh.delivery.v1 import delivery_service_pb2_grpc as dgrpc
-from surveymesh.delivery.v1 import survey_pb2
+from surveymesh.delivery.v1 import response_pb2, survey_pb2
 from surveymesh.notification.v1 import notification_pb2 as npb
 from surveymesh.notification.v1 import notification_service_pb2 as nspb
 from surveymesh.notification.v1 import notification_service_pb2_grpc as ngrpc
@@ -135,6 +138,105 @@ async def _binary_jsonb(conn: asyncpg.Connection) -> None:
     )
 
 
+_NUMBER_KINDS = frozenset(("rating", "nps", "number"))
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_RESPONSE_COLUMNS = [
+    "report_id",
+    "response_id",
+    "start_time",
+    "complete_time",
+    "completed",
+    "attributes",
+]
+_ANSWER_COLUMNS = ["report_id", "question_id", "response_id", "number", "text", "choices"]
+
+
+def _utc(ts: timestamp_pb2.Timestamp) -> datetime:
+    """``ts.ToDatetime(tzinfo=UTC)``, minus its validation (Delivery validated ``ts``)."""
+    return _EPOCH + timedelta(seconds=ts.seconds, microseconds=ts.nanos // 1000)
+
+
+@dataclass
+class _AnswerColumns:
+    """One question's answers in a snapshot batch, column by column."""
+
+    response_ids: list[str] = field(default_factory=list)
+    numbers: list[float | None] = field(default_factory=list)
+    texts: list[str | None] = field(default_factory=list)
+    choices: list[list[str] | None] = field(default_factory=list)
+
+
+class _SnapshotBatch:
+    """The rows of one StreamResponses message, ready for COPY.
+
+    Answers are kept in columns per question rather than as a tuple per answer: about ten
+    answers per response would otherwise allocate that many tracked containers, and the
+    cyclic garbage collector then ran many times per batch, walking the whole worker heap.
+    The COPY also writes each question's answers together, so a statistics read of one
+    question touches only the pages holding that question's answers.
+    """
+
+    def __init__(self, report_id: str, responses: Sequence[response_pb2.Response]) -> None:
+        self.report_id = report_id
+        self.size = len(responses)
+        self.last_id: str = responses[-1].id
+        self.responses: list[tuple[Any, ...]] = []
+        self.questions: dict[str, _AnswerColumns] = {}
+        for r in responses:
+            rid = r.id
+            self.responses.append(
+                (
+                    report_id,
+                    rid,
+                    _utc(r.start_time) if r.HasField("start_time") else None,
+                    _utc(r.complete_time) if r.HasField("complete_time") else None,
+                    r.completed,
+                    dict(r.attributes),
+                )
+            )
+            for a in r.answers:
+                kind = a.WhichOneof("value")
+                if kind is None:
+                    continue
+                value = getattr(a, kind)
+                cols = self.questions.get(a.question_id)
+                if cols is None:
+                    cols = self.questions[a.question_id] = _AnswerColumns()
+                cols.response_ids.append(rid)
+                if kind in _NUMBER_KINDS:
+                    cols.numbers.append(float(value))
+                    cols.texts.append(None)
+                    cols.choices.append(None)
+                elif kind == "choices":
+                    cols.numbers.append(None)
+                    cols.texts.append(None)
+                    cols.choices.append(value.values[:])
+                else:  # choice, text
+                    cols.numbers.append(None)
+                    cols.texts.append(value)
+                    cols.choices.append(None)
+
+    @property
+    def answer_count(self) -> int:
+        """Answers in the batch."""
+        return sum(len(c.response_ids) for c in self.questions.values())
+
+    def answer_records(self) -> Iterator[tuple[Any, ...]]:
+        """The ``snapshot_answers`` rows, question by question (``_ANSWER_COLUMNS``)."""
+        return chain.from_iterable(
+            zip(
+                repeat(self.report_id),
+                repeat(q),
+                c.response_ids,
+                c.numbers,
+                c.texts,
+                c.choices,
+                strict=False,  # the repeats are endless
+            )
+            for q, c in self.questions.items()
+        )
+
+
 def _report_missing(report_id: str) -> ApplicationError:
     return ApplicationError(
         f"report {report_id} does not exist in the reporting database",
@@ -223,31 +325,37 @@ class ReportActivities:
             raise _report_missing(report_id) from None
 
     async def _store(self, report_id: str, component: str, data: Any, *events: Event) -> None:
+        await self._store_all(report_id, [(component, data, events)])
+
+    async def _store_all(
+        self, report_id: str, components: Sequence[tuple[str, Any, Sequence[Event]]]
+    ) -> None:
+        """Stores ``(type, data, events)`` components and their events in one transaction."""
         try:
-            await store.store_component(
+            await store.store_components(
                 self._pool,
                 report_id,
-                component,
-                _json(data),
-                *events,
-                schema_version=SCHEMA_VERSIONS.get(component, 1),
+                [
+                    store.Component(name, _json(data), events, SCHEMA_VERSIONS.get(name, 1))
+                    for name, data, events in components
+                ],
             )
-        except asyncpg.ForeignKeyViolationError:
+        except (asyncpg.ForeignKeyViolationError, LookupError):
             raise _report_missing(report_id) from None
-        except LookupError:
-            raise _report_missing(report_id) from None
-        await faultpoints.after_commit(component)  # inert outside the fault suite
+        for name, _, _ in components:
+            await faultpoints.after_commit(name)  # inert outside the fault suite
 
     async def _stage_started(self, report_id: str, stage: str, percent: int) -> None:
-        await self._append(
-            report_id,
-            Event(
-                type=E.REPORT_EVENT_TYPE_STAGE_STARTED,
-                dedupe_key=f"stage:{stage}:started",
-                stage=stage,
-                progress_percent=percent,
-                message=f"{stage} started",
-            ),
+        await self._append(report_id, self._started(stage, percent))
+
+    @staticmethod
+    def _started(stage: str, percent: int) -> Event:
+        return Event(
+            type=E.REPORT_EVENT_TYPE_STAGE_STARTED,
+            dedupe_key=f"stage:{stage}:started",
+            stage=stage,
+            progress_percent=percent,
+            message=f"{stage} started",
         )
 
     @staticmethod
@@ -307,8 +415,8 @@ class ReportActivities:
                 progress_percent=1,
                 message="the report is running",
             ),
+            self._started("validate", 1),
         )
-        await self._stage_started(ref.report_id, "validate", 1)
         resp = await self._peer(
             "DeliveryService.CheckSurveyAccess",
             lambda: self._delivery.CheckSurveyAccess(
@@ -360,35 +468,39 @@ class ReportActivities:
             completed_only=not ref.options.include_incomplete,
         )
         activity.heartbeat(copied)
-        try:
-            async for msg in self._delivery.StreamResponses(
-                request, metadata=metadata, timeout=STREAM_TIMEOUT
-            ):
-                if watermark == 0:
-                    # First message of a new snapshot: it names the snapshot for every retry.
-                    watermark, total = msg.snapshot_watermark, msg.total_count
-                    await self._pool.execute(
-                        "UPDATE snapshots SET snapshot_watermark = $2, total = $3"
-                        " WHERE report_id = $1 AND snapshot_watermark = 0",
-                        ref.report_id,
-                        watermark,
-                        total,
-                    )
-                    stored = await self._pool.fetchval(
-                        "SELECT snapshot_watermark FROM snapshots WHERE report_id = $1",
-                        ref.report_id,
-                    )
-                    if stored != watermark:
-                        raise ApplicationError(
-                            "another attempt started this snapshot; resuming from it",
-                            type="SNAPSHOT_CONFLICT",
+        # One batch's COPY runs in PostgreSQL while the next message is read and turned into
+        # rows here; batches still commit one after another, each with its snapshots row.
+        pending: asyncio.Task[int] | None = None
+        async with self._pool.acquire() as conn:
+            await _binary_jsonb(conn)
+            try:
+                async for msg in self._delivery.StreamResponses(
+                    request, metadata=metadata, timeout=STREAM_TIMEOUT
+                ):
+                    if watermark == 0:
+                        # First message of a new snapshot: it names the snapshot for every retry.
+                        watermark, total = msg.snapshot_watermark, msg.total_count
+                        await self._claim_watermark(conn, ref.report_id, watermark, total)
+                    if msg.responses:
+                        batch = _SnapshotBatch(ref.report_id, msg.responses)
+                        if pending is not None:
+                            copied = await pending
+                        pending = asyncio.create_task(
+                            self._copy_batch(conn, inp, batch, after, copied, total)
                         )
-                if msg.responses:
-                    copied = await self._copy_batch(inp, msg.responses, after, copied, total)
-                    after = msg.responses[-1].id
-                activity.heartbeat(copied)
-        except grpc.aio.AioRpcError as err:
-            raise translate_rpc_error(err, call="DeliveryService.StreamResponses") from err
+                        after = batch.last_id
+                    activity.heartbeat(copied)
+                if pending is not None:
+                    copied = await pending
+                    pending = None
+            except grpc.aio.AioRpcError as err:
+                raise translate_rpc_error(err, call="DeliveryService.StreamResponses") from err
+            finally:
+                if pending is not None:
+                    # The stream failed or the activity was cancelled: the batch in flight
+                    # commits (or rolls back) on its own; it must end before the connection
+                    # goes back to the pool.
+                    await asyncio.gather(pending, return_exceptions=True)
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE snapshots SET done = true, total = copied WHERE report_id = $1",
@@ -399,6 +511,31 @@ class ReportActivities:
             )
         assert done_row is not None
         return await self._finish_snapshot(inp, done_row)
+
+    @staticmethod
+    async def _claim_watermark(
+        conn: asyncpg.Connection, report_id: str, watermark: int, total: int
+    ) -> None:
+        """Records a new snapshot's watermark, unless another attempt recorded one first.
+
+        Runs on the snapshot's connection before its first batch (holding one connection
+        while waiting for a second could starve the pool).
+        """
+        await conn.execute(
+            "UPDATE snapshots SET snapshot_watermark = $2, total = $3"
+            " WHERE report_id = $1 AND snapshot_watermark = 0",
+            report_id,
+            watermark,
+            total,
+        )
+        stored = await conn.fetchval(
+            "SELECT snapshot_watermark FROM snapshots WHERE report_id = $1", report_id
+        )
+        if stored != watermark:
+            raise ApplicationError(
+                "another attempt started this snapshot; resuming from it",
+                type="SNAPSHOT_CONFLICT",
+            )
 
     async def _start_snapshot(self, ref: ReportRef) -> asyncpg.Record:
         """Fetches the survey definition and creates the ``snapshots`` row (once)."""
@@ -450,57 +587,30 @@ class ReportActivities:
         return row
 
     async def _copy_batch(
-        self, inp: StageInput, responses: Sequence[Any], after: str, copied: int, total: int
+        self,
+        conn: asyncpg.Connection,
+        inp: StageInput,
+        batch: _SnapshotBatch,
+        after: str,
+        copied: int,
+        total: int,
     ) -> int:
         """COPYs one batch and advances the ``snapshots`` row in one transaction."""
-        report_id = inp.report.report_id
-        response_rows = []
-        answer_rows = []
-        for r in responses:
-            response_rows.append(
-                (
-                    report_id,
-                    r.id,
-                    r.start_time.ToDatetime(tzinfo=UTC) if r.HasField("start_time") else None,
-                    r.complete_time.ToDatetime(tzinfo=UTC) if r.HasField("complete_time") else None,
-                    r.completed,
-                    dict(r.attributes),
-                )
-            )
-            for a in r.answers:
-                kind = a.WhichOneof("value")
-                number = text = choices = None
-                if kind in ("rating", "nps", "number"):
-                    number = float(getattr(a, kind))
-                elif kind in ("choice", "text"):
-                    text = getattr(a, kind)
-                elif kind == "choices":
-                    choices = list(a.choices.values)
-                else:
-                    continue
-                answer_rows.append((report_id, a.question_id, r.id, number, text, choices))
-        async with self._pool.acquire() as conn:
-            await _binary_jsonb(conn)
-            async with conn.transaction():
-                copied_to = await self._commit_batch(
-                    conn, inp, response_rows, answer_rows, after, responses[-1].id, copied, total
-                )
-        return copied_to
+        async with conn.transaction():
+            return await self._commit_batch(conn, inp, batch, after, copied, total)
 
     async def _commit_batch(
         self,
         conn: asyncpg.Connection,
         inp: StageInput,
-        response_rows: list[tuple[Any, ...]],
-        answer_rows: list[tuple[Any, ...]],
+        batch: _SnapshotBatch,
         after: str,
-        last_id: str,
         copied: int,
         total: int,
     ) -> int:
         """Inside the caller's transaction: COPY the batch, advance the row, maybe PROGRESS."""
         report_id = inp.report.report_id
-        new_copied = copied + len(response_rows)
+        new_copied = copied + batch.size
         current = await conn.fetchrow(
             "SELECT last_response_id, copied FROM snapshots WHERE report_id = $1 FOR UPDATE",
             report_id,
@@ -514,36 +624,24 @@ class ReportActivities:
             )
         await conn.copy_records_to_table(
             "snapshot_responses",
-            records=response_rows,
-            columns=[
-                "report_id",
-                "response_id",
-                "start_time",
-                "complete_time",
-                "completed",
-                "attributes",
-            ],
+            records=batch.responses,
+            columns=_RESPONSE_COLUMNS,
             schema_name=store.SCHEMA,
         )
-        if answer_rows:
+        if batch.questions:
             await conn.copy_records_to_table(
                 "snapshot_answers",
-                records=answer_rows,
-                columns=[
-                    "report_id",
-                    "question_id",
-                    "response_id",
-                    "number",
-                    "text",
-                    "choices",
-                ],
+                records=batch.answer_records(),
+                columns=_ANSWER_COLUMNS,
                 schema_name=store.SCHEMA,
             )
         await conn.execute(
-            "UPDATE snapshots SET last_response_id = $2, copied = $3 WHERE report_id = $1",
+            "UPDATE snapshots SET last_response_id = $2, copied = $3, answers = answers + $4"
+            " WHERE report_id = $1",
             report_id,
-            last_id,
+            batch.last_id,
             new_copied,
+            batch.answer_count,
         )
         if total > 0:
             before, now = copied * 10 // total, new_copied * 10 // total
@@ -566,9 +664,6 @@ class ReportActivities:
 
     async def _finish_snapshot(self, inp: StageInput, row: asyncpg.Record) -> SnapshotSummary:
         ref = inp.report
-        answers = await self._pool.fetchval(
-            "SELECT count(*) FROM snapshot_answers WHERE report_id = $1", ref.report_id
-        )
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "UPDATE reports SET response_count = $2 WHERE id = $1", ref.report_id, row["copied"]
@@ -578,7 +673,7 @@ class ReportActivities:
             )
         return SnapshotSummary(
             responses=int(row["copied"]),
-            answers=int(answers or 0),
+            answers=int(row["answers"]),
             snapshot_watermark=int(row["snapshot_watermark"]),
         )
 
@@ -598,6 +693,9 @@ class ReportActivities:
                 conn, ref.report_id, survey, ref.options, progress=activity.heartbeat
             )
         span = inp.progress_to - inp.progress_from
+        # Every component is computed by now, so they are stored in one transaction (each
+        # with its progress event), not one transaction each.
+        components = []
         for i, name in enumerate(STAT_COMPONENTS, start=1):
             if name in existing:
                 continue
@@ -615,7 +713,8 @@ class ReportActivities:
             ]
             if i == len(STAT_COMPONENTS):
                 events.append(self._stage_completed("statistics", inp.progress_to))
-            await self._store(ref.report_id, name, computed[name], *events)
+            components.append((name, computed[name], events))
+        await self._store_all(ref.report_id, components)
         return StageSummary(list(STAT_COMPONENTS))
 
     # -- 4. AI: sentiment and themes -------------------------------------------------------

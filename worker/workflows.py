@@ -2,7 +2,9 @@
 
 Workflow code is deterministic and does no I/O: it only sequences activities (named in
 :mod:`worker.models`) and passes ids and small summaries between them, so a report's
-history has the same size for 100 and for 100,000 responses.
+history has the same size for 100 and for 100,000 responses. The long steps (validate's
+peer call, snapshot, statistics, the AI steps) are ordinary activities with heartbeats; the
+short ones at the end (visualizations, compile, notify) run as local activities.
 
 Failure handling: a non-retryable activity failure (or one that exhausted its retries)
 ends the report FAILED through the ``fail_report`` activity, then fails the workflow with
@@ -78,6 +80,10 @@ LONG = timedelta(hours=2)
 # start-to-close timeout.
 HEARTBEAT = timedelta(seconds=10)
 
+# Patch id of "the small steps run as local activities". Histories recorded before it (no
+# marker) replay with the small steps as ordinary activities.
+LOCAL_SMALL_STEPS = "small-steps-local"
+
 SURVEY_ID = SearchAttributeKey.for_keyword("SurveyId")
 ORG_ID = SearchAttributeKey.for_keyword("OrganizationId")
 REPORT_ID = SearchAttributeKey.for_keyword("ReportId")
@@ -152,6 +158,29 @@ class _ReportPipeline:
             retry_policy=RETRY,
         )
 
+    async def _small(
+        self, name: str, arg: Any, result_type: type[T], *, start_to_close: timedelta = SHORT
+    ) -> T:
+        """Runs a short step (visualizations, compile, notify) as a local activity.
+
+        A local activity runs inside the workflow task that schedules it: no activity task
+        round trip through the server, and the consecutive small steps at the end of a
+        report share one workflow task. It has no heartbeat; a worker that dies while
+        running it loses the workflow task, which the server retries (on another worker)
+        after the workflow task timeout, and the step runs again (every step is
+        idempotent).
+        """
+        if not workflow.patched(LOCAL_SMALL_STEPS):
+            result: T = await self._act(name, arg, result_type, start_to_close=start_to_close)
+            return result
+        return await workflow.execute_local_activity(
+            name,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=start_to_close,
+            retry_policy=RETRY,
+        )
+
     async def _pipeline(self, ref: ReportRef) -> CompileResult:
         self._stage = "validate"
         await self._act(models.VALIDATE, ref, ValidateResult)
@@ -196,14 +225,14 @@ class _ReportPipeline:
                     t.cancel()
                 raise
         self._stage = "visualizations"
-        await self._act(
+        await self._small(
             models.VISUALIZATIONS,
             StageInput(ref, 85, 95),
             StageSummary,
             start_to_close=timedelta(minutes=5),
         )
         self._stage = "compile"
-        return await self._act(
+        return await self._small(
             models.COMPILE, ref, CompileResult, start_to_close=timedelta(minutes=2)
         )
 
@@ -234,7 +263,7 @@ class _ReportPipeline:
             raise ApplicationError(message, type=reason, non_retryable=True) from err
         self._stage = "notify"
         try:
-            await self._act(
+            await self._small(
                 models.NOTIFY,
                 NotifyInput(
                     report=ref,

@@ -2,13 +2,14 @@
 
 Run it after an intentional, compatible workflow change (or to add a workflow type)::
 
-    python -m tests.replay.record_histories
+    python -m tests.replay.record_histories [SUFFIX]
 
 It starts a throw-away PostgreSQL and Temporal dev server, the three services and a
 worker in this process, runs one QuickReportWorkflow, one FullReportWorkflow and one
 BatchReportWorkflow (with its two children) to completion, and writes each history as
 JSON into ``histories/``. Keep the old files when a change must stay replay-compatible
-with workflows already running: add new ones beside them (``*_v2.json``) instead.
+with workflows already running: add new ones beside them instead (``SUFFIX`` ``v2``
+writes ``*_v2.json``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from tests.integration.mesh_stack import whole_mesh
 HISTORIES = Path(__file__).parent / "histories"
 
 
-async def record(out: Path = HISTORIES) -> list[Path]:
+async def record(out: Path = HISTORIES, suffix: str = "") -> list[Path]:
     """Runs each workflow type once on a real stack and saves its history."""
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -100,7 +101,7 @@ async def record(out: Path = HISTORIES) -> list[Path]:
                         handle = env.client.get_workflow_handle(wid)
                         await handle.result(rpc_timeout=timedelta(seconds=120))
                         history = await handle.fetch_history()
-                        path = out / f"{name}.json"
+                        path = out / f"{name}{'_' + suffix if suffix else ''}.json"
                         path.write_text(history.to_json())
                         written.append(path)
             return written
@@ -111,5 +112,5 @@ async def record(out: Path = HISTORIES) -> list[Path]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    for p in asyncio.run(record()):
+    for p in asyncio.run(record(suffix=sys.argv[1] if len(sys.argv) > 1 else "")):
         sys.stdout.write(f"wrote {p}\n")

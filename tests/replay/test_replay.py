@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
@@ -41,6 +42,24 @@ def test_every_workflow_type_has_a_golden_history() -> None:
 async def test_golden_history_replays(path: Path) -> None:
     result = await Replayer(workflows=WORKFLOWS).replay_workflow(_load(path))
     assert result.replay_failure is None
+
+
+def test_the_short_steps_run_as_local_activities() -> None:
+    # This history replays (above) against today's code, so today's code schedules only
+    # the long steps as activities and runs the short ones inside its workflow tasks.
+    history = _load(HISTORIES / "quick_report_v2.json")
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_type.name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    ]
+    markers = [
+        e.marker_recorded_event_attributes.marker_name
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_MARKER_RECORDED
+    ]
+    assert scheduled == [models.VALIDATE, models.SNAPSHOT, models.STATISTICS]
+    assert markers.count("core_local_activity") == 3  # visualizations, compile, notify
 
 
 @workflow.defn(name=QUICK_WORKFLOW)

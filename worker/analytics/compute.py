@@ -66,61 +66,121 @@ class Columns:
     codes: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.int16))
 
 
-def parse_binary_copy(data: bytes, formats: Sequence[str]) -> np.ndarray:
-    """Parses PostgreSQL's binary ``COPY`` output of fixed-width NOT NULL columns into a
-    structured numpy array (one field ``f0``, ``f1`` … per column), without a Python loop.
+class BinaryCopyParser:
+    """Parses PostgreSQL's binary ``COPY`` output of fixed-width NOT NULL columns as it
+    arrives, into a structured numpy array (one field ``f0``, ``f1`` … per column).
+
+    Rows are converted chunk by chunk, so the raw stream (about twice the size of the
+    values, with its per-field lengths) is never held whole: a million-row read peaks at
+    the parsed columns, not at the stream plus its copy.
 
     Args:
-        data: The whole COPY stream (header, tuples, trailer).
         formats: numpy big-endian formats of the columns, e.g. ``[">f8", ">i2"]``.
+        consume: Receives each parsed piece instead of :meth:`result` (then empty).
+    """
+
+    def __init__(
+        self, formats: Sequence[str], consume: Callable[[np.ndarray], None] | None = None
+    ) -> None:
+        fields: list[tuple[str, str]] = [("count", ">i2")]
+        self._widths = []
+        for i, fmt in enumerate(formats):
+            fields += [(f"len{i}", ">i4"), (f"f{i}", fmt)]
+            self._widths.append(np.dtype(fmt).itemsize)
+        self._row = np.dtype(fields)
+        self._out = np.dtype([(f"f{i}", fmt.replace(">", "=")) for i, fmt in enumerate(formats)])
+        self._buf = bytearray()
+        self._started = False
+        self._parts: list[np.ndarray] = []
+        self._consume = consume if consume is not None else self._parts.append
+
+    def feed(self, chunk: bytes) -> None:
+        """Takes the next piece of the stream (any size).
+
+        Raises:
+            ValueError: the stream is not binary COPY, or a row is not of the expected
+                layout (a NULL or a column of another width).
+        """
+        self._buf += chunk
+        if not self._started:
+            if len(self._buf) < 19:
+                return
+            if not self._buf.startswith(COPY_SIGNATURE):
+                raise ValueError("not a binary COPY stream")
+            (ext,) = struct.unpack_from(">i", self._buf, 15)
+            if len(self._buf) < 19 + ext:
+                return
+            del self._buf[: 19 + ext]
+            self._started = True
+        # Every whole row but the last bytes: those may be the trailer (int16 -1).
+        count = (len(self._buf) - 2) // self._row.itemsize
+        if count > 0:
+            size = count * self._row.itemsize
+            self._convert(np.frombuffer(self._buf, dtype=self._row, count=count))
+            del self._buf[:size]
+
+    def _convert(self, rows: np.ndarray) -> None:
+        if np.any(rows["count"] != len(self._widths)) or any(
+            np.any(rows[f"len{i}"] != w) for i, w in enumerate(self._widths)
+        ):
+            raise ValueError("binary COPY rows are not of the expected layout (a NULL?)")
+        out = np.empty(rows.size, dtype=self._out)
+        for i in range(len(self._widths)):
+            out[f"f{i}"] = rows[f"f{i}"]
+        self._consume(out)
+
+    def result(self) -> np.ndarray:
+        """The parsed rows, once the whole stream was fed.
+
+        Raises:
+            ValueError: the stream ended before its trailer or in the middle of a row.
+        """
+        if not self._started or bytes(self._buf) != b"\xff\xff":
+            raise ValueError("truncated binary COPY stream")
+        if len(self._parts) == 1:
+            return self._parts[0]
+        return np.concatenate(self._parts) if self._parts else np.empty(0, dtype=self._out)
+
+
+def parse_binary_copy(data: bytes, formats: Sequence[str]) -> np.ndarray:
+    """Parses a whole binary ``COPY`` stream (see :class:`BinaryCopyParser`).
 
     Raises:
-        ValueError: the stream is not binary COPY, or a row is not of the expected layout
-            (a NULL or a column of another width).
+        ValueError: the stream is not binary COPY, or a row is not of the expected layout.
     """
-    if not data.startswith(COPY_SIGNATURE):
-        raise ValueError("not a binary COPY stream")
-    (ext,) = struct.unpack_from(">i", data, 15)
-    start = 19 + ext
-    end = len(data) - 2  # the trailer: int16 -1
-    if end < start or data[end:] != b"\xff\xff":
-        raise ValueError("truncated binary COPY stream")
-    fields: list[tuple[str, str]] = [("count", ">i2")]
-    widths = []
-    for i, fmt in enumerate(formats):
-        fields += [(f"len{i}", ">i4"), (f"f{i}", fmt)]
-        widths.append(np.dtype(fmt).itemsize)
-    dtype = np.dtype(fields)
-    body = memoryview(data)[start:end]
-    if len(body) % dtype.itemsize:
-        raise ValueError("binary COPY rows are not of the expected width (a NULL?)")
-    rows = np.frombuffer(body, dtype=dtype)
-    if rows.size and (
-        np.any(rows["count"] != len(formats))
-        or any(np.any(rows[f"len{i}"] != w) for i, w in enumerate(widths))
-    ):
-        raise ValueError("binary COPY rows are not of the expected layout")
-    out = np.empty(
-        rows.size, dtype=[(f"f{i}", fmt.replace(">", "=")) for i, fmt in enumerate(formats)]
-    )
-    for i in range(len(formats)):
-        out[f"f{i}"] = rows[f"f{i}"]
-    return out
+    parser = BinaryCopyParser(formats)
+    parser.feed(data)
+    return parser.result()
 
 
 async def copy_columns(
     conn: asyncpg.Connection, query: str, args: Sequence[Any], formats: Sequence[str]
 ) -> np.ndarray:
-    """Runs ``COPY (query) TO STDOUT (FORMAT binary)`` and parses it (:func:`parse_binary_copy`)."""
-    chunks: list[bytes] = []
+    """Runs ``COPY (query) TO STDOUT (FORMAT binary)`` and parses it (:class:`BinaryCopyParser`)."""
+    parser = BinaryCopyParser(formats)
 
     async def sink(chunk: bytes) -> None:
-        chunks.append(chunk)
+        parser.feed(chunk)
 
     await conn.copy_from_query(query, *args, output=sink, format="binary")
-    data = b"".join(chunks)
-    chunks.clear()
-    return parse_binary_copy(data, formats)
+    return parser.result()
+
+
+async def copy_each(
+    conn: asyncpg.Connection,
+    query: str,
+    args: Sequence[Any],
+    formats: Sequence[str],
+    consume: Callable[[np.ndarray], None],
+) -> None:
+    """Like :func:`copy_columns`, but hands each parsed piece to ``consume`` as it arrives."""
+    parser = BinaryCopyParser(formats, consume)
+
+    async def sink(chunk: bytes) -> None:
+        parser.feed(chunk)
+
+    await conn.copy_from_query(query, *args, output=sink, format="binary")
+    parser.result()  # checks that the stream ended properly
 
 
 def _code_columns(segs: Sequence[Segmenting], first_param: int) -> tuple[list[str], list[Any]]:
@@ -284,15 +344,32 @@ async def response_index(
 async def read_numeric_indexed(
     conn: asyncpg.Connection, report_id: str, question_id: str, index: ResponseIndex
 ) -> Columns:
-    """One numeric question's answers by binary COPY, with codes from ``index`` (no join)."""
-    rows = await copy_columns(
+    """One numeric question's answers by binary COPY, with codes from ``index`` (no join).
+
+    The codes are looked up chunk by chunk as the COPY arrives, so the look-up's
+    temporaries stay chunk-sized.
+    """
+    values: list[np.ndarray] = []
+    codes: list[np.ndarray] = []
+
+    def add(rows: np.ndarray) -> None:
+        values.append(np.ascontiguousarray(rows["f0"]))
+        codes.append(index.lookup(rows["f1"]))
+
+    await copy_each(
         conn,
         "SELECT a.number, hashtextextended(a.response_id, 0) FROM snapshot_answers a"
         " WHERE a.report_id = $1 AND a.question_id = $2 AND a.number IS NOT NULL",
         [report_id, question_id],
         [">f8", ">i8"],
+        add,
     )
-    return Columns(values=np.ascontiguousarray(rows["f0"]), codes=index.lookup(rows["f1"]))
+    if not values:
+        return Columns(
+            values=np.empty(0, dtype=np.float64),
+            codes=np.empty((0, index.codes.shape[1]), dtype=np.int16),
+        )
+    return Columns(values=np.concatenate(values), codes=np.concatenate(codes))
 
 
 async def count_choices_indexed(
@@ -324,8 +401,31 @@ async def count_choices_indexed(
     # Every value seen gets an index (options first, then any unknown ones), so the COPY
     # below never meets a NULL.
     values = list(options) + sorted(set(overall) - set(options))
+    nv = len(values)
+    # Counted chunk by chunk as the COPY arrives: a million responses' picks are never
+    # held whole (nor their group codes, four times their size).
+    tables = [np.zeros(len(seg.groups) * nv, dtype=np.int64) for seg in segs]
+    chosen = [np.zeros(len(seg.groups), dtype=np.int64) for seg in segs]
+    answered = 0
+
+    def add_picks(rows: np.ndarray) -> None:
+        codes = index.lookup(rows["f0"])
+        option_idx = rows["f1"].astype(np.int64)
+        for i, table in enumerate(tables):
+            g = codes[:, i].astype(np.int64)
+            keep = g >= 0
+            table += np.bincount(g[keep] * nv + option_idx[keep], minlength=table.size)
+
+    def add_respondents(rows: np.ndarray) -> None:
+        nonlocal answered
+        answered += rows.size
+        codes = index.lookup(rows["f0"])
+        for i, counts in enumerate(chosen):
+            rg = codes[:, i].astype(np.int64)
+            counts += np.bincount(rg[rg >= 0], minlength=counts.size)
+
     if kind == "multiple_choice":
-        picks = await copy_columns(
+        await copy_each(
             conn,
             "SELECT hashtextextended(a.response_id, 0),"
             " (array_position($3::text[], o.option) - 1)::int2"
@@ -333,18 +433,24 @@ async def count_choices_indexed(
             " WHERE a.report_id = $1 AND a.question_id = $2",
             [report_id, question_id, values],
             [">i8", ">i2"],
+            add_picks,
         )
-        answered_rows = await copy_columns(
+        await copy_each(
             conn,
             "SELECT hashtextextended(a.response_id, 0) FROM snapshot_answers a"
             " WHERE a.report_id = $1 AND a.question_id = $2 AND a.choices IS NOT NULL",
             [report_id, question_id],
             [">i8"],
+            add_respondents,
         )
-        answered = int(answered_rows.size)
-        respondent_codes = index.lookup(answered_rows["f0"])
     else:
-        picks = await copy_columns(
+
+        def add_single(rows: np.ndarray) -> None:
+            nonlocal answered
+            answered += rows.size
+            add_picks(rows)
+
+        await copy_each(
             conn,
             "SELECT hashtextextended(a.response_id, 0),"
             " (array_position($3::text[], a.text) - 1)::int2"
@@ -352,28 +458,17 @@ async def count_choices_indexed(
             " WHERE a.report_id = $1 AND a.question_id = $2 AND a.text IS NOT NULL",
             [report_id, question_id, values],
             [">i8", ">i2"],
+            add_single,
         )
-        answered = int(picks.size)
-        respondent_codes = None
-    codes = index.lookup(picks["f0"])
-    option_idx = picks["f1"].astype(np.int64)
     by_attr: list[dict[str, dict[str, int]]] = []
     respondents: list[dict[str, int]] = []
     for i, seg in enumerate(segs):
-        g = codes[:, i].astype(np.int64)
-        keep = g >= 0
-        table = np.bincount(
-            g[keep] * len(values) + option_idx[keep], minlength=len(seg.groups) * len(values)
-        ).reshape(len(seg.groups), len(values))
+        table = tables[i].reshape(len(seg.groups), nv)
         per_group = {
-            seg.groups[j]: {values[k]: int(table[j, k]) for k in range(len(values)) if table[j, k]}
+            seg.groups[j]: {values[k]: int(table[j, k]) for k in range(nv) if table[j, k]}
             for j in range(len(seg.groups))
         }
-        if respondent_codes is not None:
-            rg = respondent_codes[:, i].astype(np.int64)
-            counts = np.bincount(rg[rg >= 0], minlength=len(seg.groups))
-        else:
-            counts = table.sum(axis=1)
+        counts = chosen[i] if kind == "multiple_choice" else table.sum(axis=1)
         respondents.append(
             {seg.groups[j]: int(counts[j]) for j in range(len(seg.groups)) if counts[j]}
         )
