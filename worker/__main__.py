@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
 import logging
 import signal
 import sys
@@ -54,8 +56,27 @@ async def main(settings: Settings) -> None:
     telemetry.shutdown()
 
 
+# glibc's mallopt(M_MMAP_THRESHOLD, ...): allocations above 256 KiB get their own mapping.
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def _return_large_buffers_to_the_os() -> None:
+    """A large report's numpy/scipy temporaries are big, short-lived buffers. glibc's default
+    threshold grows as they are freed, so later ones come from the heap, which keeps the
+    peak resident after the report; a fixed threshold maps each one and unmaps it when freed
+    (measured on a 1M-response report: statistics peak +130 -> +103 MB, kept +92 -> +28 MB)."""
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return
+    libc = ctypes.CDLL(name)
+    if hasattr(libc, "mallopt"):
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES)
+
+
 def run() -> None:
     """Process entry point."""
+    _return_large_buffers_to_the_os()
     try:
         settings = Settings.from_env()
     except ConfigError as e:
