@@ -28,13 +28,12 @@ import logging
 import os
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from surveymesh.config import Settings
-from surveymesh.keyring import KEY_BYTES, NONCE_BYTES, new_key_entry, parse_keys
+from surveymesh.keyring import KEY_BYTES, NONCE_BYTES, keys_from
 
 log = logging.getLogger(__name__)
 
@@ -61,26 +60,14 @@ def load_secret_keys(settings: Settings) -> dict[str, bytes]:
     Raises:
         ConfigError: the setting or the file is malformed.
     """
-    if settings.secret_keys:
-        return parse_keys(settings.secret_keys, source=SETTING)
     path = settings.data_dir / KEY_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: when processes of one mesh race to create it, exactly one key wins.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(new_key_entry("dev-1") + "\n")
-    if not settings.dev_mode:
+    if not settings.secret_keys and not settings.dev_mode:
         # Fine for one machine; replicas with data dirs of their own would each make a key
         # and could not read each other's rows.
         log.warning(
             "%s is not set: webhook secrets are encrypted with the key in %s", SETTING, path
         )
-    return parse_keys(Path(path).read_text(), source=str(path))
+    return keys_from(settings.secret_keys, path, setting=SETTING)
 
 
 class SecretBox:

@@ -20,7 +20,6 @@ import base64
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -37,6 +36,7 @@ from surveymesh.config import Settings
 # these names stay importable from here.
 from surveymesh.keyring import KEY_BYTES as KEY_BYTES
 from surveymesh.keyring import NONCE_BYTES as NONCE_BYTES
+from surveymesh.keyring import keys_from
 from surveymesh.keyring import new_key_entry as new_key_entry
 from surveymesh.keyring import parse_keys as parse_keys
 
@@ -52,20 +52,9 @@ class PayloadDecryptionError(ValueError):
 
 def load_keys(settings: Settings) -> dict[str, bytes]:
     """The deployment's payload keys: the setting, or the data dir's file (made once)."""
-    if settings.payload_keys:
-        return parse_keys(settings.payload_keys)
-    path = settings.data_dir / KEY_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # O_EXCL: when processes race to create it, exactly one key wins.
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass
-        else:
-            with os.fdopen(fd, "w") as f:
-                f.write(new_key_entry("dev-1") + "\n")
-    return parse_keys(Path(path).read_text(), source=str(path))
+    return keys_from(
+        settings.payload_keys, settings.data_dir / KEY_FILE, setting="SURVEYMESH_PAYLOAD_KEYS"
+    )
 
 
 class EncryptionCodec(PayloadCodec):

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 import secrets
+import uuid
+from pathlib import Path
 
 from surveymesh.config import ConfigError
 
@@ -50,3 +53,30 @@ def parse_keys(spec: str, *, source: str = "SURVEYMESH_PAYLOAD_KEYS") -> dict[st
 def new_key_entry(kid: str) -> str:
     """A fresh ``kid:base64key`` entry (for a rotation: append it to the list)."""
     return f"{kid}:{base64.b64encode(secrets.token_bytes(KEY_BYTES)).decode()}"
+
+
+def keys_from(spec: str, key_file: Path, *, setting: str) -> dict[str, bytes]:
+    """The keys of ``spec`` (the value of ``setting``) or, when it is empty, of ``key_file``,
+    which is made with one new key the first time.
+
+    The file appears whole or not at all (written aside, then hard-linked into place), so
+    processes of one mesh racing to create it all read the same single key.
+
+    Raises:
+        ConfigError: the setting or the file is malformed.
+    """
+    if spec:
+        return parse_keys(spec, source=setting)
+    if not key_file.exists():
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        draft = key_file.with_name(f".{key_file.name}.{uuid.uuid4().hex}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(new_key_entry("dev-1") + "\n")
+        try:
+            os.link(draft, key_file)
+        except FileExistsError:
+            pass  # another process made it first: its key is the key
+        finally:
+            draft.unlink()
+    return parse_keys(key_file.read_text(), source=str(key_file))
