@@ -30,10 +30,9 @@ import uuid
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from surveymesh.config import Settings
-from surveymesh.keyring import KEY_BYTES, NONCE_BYTES, keys_from
+from surveymesh.keyring import NONCE_BYTES, KeyRing, keys_from
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +77,7 @@ class SecretBox:
     """
 
     def __init__(self, keys: Mapping[str, bytes]) -> None:
-        if not keys:
-            raise ValueError("at least one key is required")
-        for kid, key in keys.items():
-            if len(key) != KEY_BYTES:
-                raise ValueError(f"key {kid!r} must be {KEY_BYTES} bytes")
-        self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
-        self._active = list(keys)[-1]
+        self._keys = KeyRing(keys)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecretBox:
@@ -94,7 +87,7 @@ class SecretBox:
     @property
     def active_key_id(self) -> str:
         """The id of the key new values are sealed with."""
-        return self._active
+        return self._keys.active
 
     @staticmethod
     def _aad(endpoint_id: uuid.UUID, kid: str) -> bytes:
@@ -102,9 +95,9 @@ class SecretBox:
 
     def seal(self, endpoint_id: uuid.UUID, secret: str) -> str:
         """The stored form of ``secret`` for this endpoint, under the newest key."""
-        kid = self._active
+        kid, cipher = self._keys.encrypting()
         nonce = os.urandom(NONCE_BYTES)
-        sealed = self._ciphers[kid].encrypt(nonce, secret.encode(), self._aad(endpoint_id, kid))
+        sealed = cipher.encrypt(nonce, secret.encode(), self._aad(endpoint_id, kid))
         return f"{PREFIX}{kid}:{base64.b64encode(nonce + sealed).decode()}"
 
     def open(self, endpoint_id: uuid.UUID, stored: str) -> str:
@@ -119,7 +112,7 @@ class SecretBox:
         kid, sep, encoded = stored[len(PREFIX) :].partition(":")
         if not sep:
             raise SecretDoesNotVerify("stored secret is malformed")
-        cipher = self._ciphers.get(kid)
+        cipher = self._keys.cipher(kid)
         if cipher is None:
             raise UnknownSecretKey(f"stored secret is encrypted with key {kid!r}, not in {SETTING}")
         try:
@@ -136,7 +129,7 @@ class SecretBox:
     @property
     def active_prefix(self) -> str:
         """How every value sealed with the newest key starts."""
-        return f"{PREFIX}{self._active}:"
+        return f"{PREFIX}{self._keys.active}:"
 
     def is_current(self, stored: str) -> bool:
         """Whether a stored value is already sealed with the newest key."""

@@ -66,69 +66,7 @@ async def append_event(conn: asyncpg.Connection, report_id: str, event: Event) -
     Returns:
         The event's sequence, or None when it was a duplicate or the report already ended.
     """
-    row = await conn.fetchrow(
-        "SELECT state, last_sequence, progress_percent FROM reports WHERE id = $1 FOR UPDATE",
-        report_id,
-    )
-    if row is None:
-        raise LookupError(f"report {report_id} does not exist")
-    if row["state"] in TERMINAL_STATES:
-        return None
-    exists = await conn.fetchval(
-        "SELECT 1 FROM report_events WHERE report_id = $1 AND dedupe_key = $2",
-        report_id,
-        event.dedupe_key,
-    )
-    if exists:
-        return None
-    state = row["state"] if event.state is None else event.state
-    progress = row["progress_percent"] if event.progress_percent is None else event.progress_percent
-    sequence = row["last_sequence"] + 1
-    terminal = state in TERMINAL_STATES
-    await conn.execute(
-        """
-        UPDATE reports SET
-            last_sequence = $2,
-            state = $3,
-            progress_percent = $4,
-            current_stage = CASE WHEN $6 THEN '' WHEN $5 <> '' THEN $5 ELSE current_stage END,
-            -- typed: an untyped $3 = $7 would make PostgreSQL deduce text for $3
-            start_time = CASE WHEN $3::smallint = $7::smallint AND start_time IS NULL
-                THEN now() ELSE start_time END,
-            end_time = CASE WHEN $6 THEN now() ELSE end_time END,
-            error = COALESCE($8::jsonb, error)
-        WHERE id = $1
-        """,
-        report_id,
-        sequence,
-        state,
-        progress,
-        event.stage,
-        terminal,
-        S.REPORT_STATE_RUNNING,
-        event.error,
-    )
-    await conn.execute(
-        """
-        INSERT INTO report_events (report_id, sequence, type, state, stage, component_type,
-            progress_percent, items_done, items_total, message, error, dedupe_key)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-        """,
-        report_id,
-        sequence,
-        event.type,
-        state,
-        event.stage,
-        event.component_type,
-        progress,
-        event.items_done,
-        event.items_total,
-        event.message,
-        event.error,
-        event.dedupe_key,
-    )
-    await conn.execute("SELECT pg_notify($1, $2)", EVENTS_CHANNEL, f"{report_id}:{sequence}")
-    return sequence
+    return (await append_events(conn, report_id, [event]))[0]
 
 
 async def append_events(
@@ -136,8 +74,9 @@ async def append_events(
 ) -> list[int | None]:
     """Appends ``events`` in order inside the caller's open transaction, in three round trips.
 
-    The same rules as :func:`append_event` applied to each event in turn (a duplicate or
-    an event after a terminal one is skipped), but the report row is locked and read once,
+    Each event in turn: a duplicate (its ``dedupe_key`` already stored) or an event after
+    a terminal one is skipped; otherwise it takes the next sequence and its state,
+    progress, stage and error become the report's. The report row is locked and read once,
     the dedupe keys are looked up at once and the events are written, the report updated
     and listeners notified in one statement. One notification names the last sequence:
     it tells listeners that the events up to it exist.

@@ -22,7 +22,6 @@ import os
 from collections.abc import Mapping, Sequence
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import (
     DataConverter,
@@ -36,7 +35,7 @@ from surveymesh.config import Settings
 # these names stay importable from here.
 from surveymesh.keyring import KEY_BYTES as KEY_BYTES
 from surveymesh.keyring import NONCE_BYTES as NONCE_BYTES
-from surveymesh.keyring import keys_from
+from surveymesh.keyring import KeyRing, keys_from
 from surveymesh.keyring import new_key_entry as new_key_entry
 from surveymesh.keyring import parse_keys as parse_keys
 
@@ -69,23 +68,16 @@ class EncryptionCodec(PayloadCodec):
     """
 
     def __init__(self, keys: Mapping[str, bytes]) -> None:
-        if not keys:
-            raise ValueError("at least one key is required")
-        for kid, key in keys.items():
-            if len(key) != KEY_BYTES:
-                raise ValueError(f"key {kid!r} must be {KEY_BYTES} bytes")
-        self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
-        self._active = list(keys)[-1]
+        self._keys = KeyRing(keys)
 
     @property
     def active_key_id(self) -> str:
         """The id of the key new payloads are encrypted with."""
-        return self._active
+        return self._keys.active
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         """Encrypts each payload with the newest key."""
-        kid = self._active
-        cipher = self._ciphers[kid]
+        kid, cipher = self._keys.encrypting()
         out = []
         for p in payloads:
             nonce = os.urandom(NONCE_BYTES)
@@ -110,7 +102,7 @@ class EncryptionCodec(PayloadCodec):
                 out.append(p)
                 continue
             kid = p.metadata.get(METADATA_KEY_ID, b"").decode("utf-8", "replace")
-            cipher = self._ciphers.get(kid)
+            cipher = self._keys.cipher(kid)
             if cipher is None:
                 raise PayloadDecryptionError(f"payload encrypted with unknown key {kid!r}")
             try:

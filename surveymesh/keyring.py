@@ -14,7 +14,10 @@ import os
 import re
 import secrets
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from surveymesh.config import ConfigError
 
@@ -80,3 +83,31 @@ def keys_from(spec: str, key_file: Path, *, setting: str) -> dict[str, bytes]:
         finally:
             draft.unlink()
     return parse_keys(key_file.read_text(), source=str(key_file))
+
+
+class KeyRing:
+    """AES-256-GCM ciphers by key id: the newest key encrypts, any of them decrypts.
+
+    Args:
+        keys: ``{kid: 32-byte key}`` in age order; the last one encrypts.
+
+    Attributes:
+        active: The id of the key that encrypts.
+    """
+
+    def __init__(self, keys: Mapping[str, bytes]) -> None:
+        if not keys:
+            raise ValueError("at least one key is required")
+        for kid, key in keys.items():
+            if len(key) != KEY_BYTES:
+                raise ValueError(f"key {kid!r} must be {KEY_BYTES} bytes")
+        self._ciphers = {kid: AESGCM(key) for kid, key in keys.items()}
+        self.active = list(keys)[-1]
+
+    def encrypting(self) -> tuple[str, AESGCM]:
+        """The id and cipher of the key that encrypts."""
+        return self.active, self._ciphers[self.active]
+
+    def cipher(self, kid: str) -> AESGCM | None:
+        """The cipher of key ``kid``, or None for a key this process does not hold."""
+        return self._ciphers.get(kid)
