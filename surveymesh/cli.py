@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import sys
@@ -148,7 +149,10 @@ async def _up(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         remove()
-        print("Stopping SurveyMesh…")
+        # The terminal or pipe may be gone already (a closed stdout raises BrokenPipeError):
+        # the children must be stopped all the same.
+        with contextlib.suppress(OSError):
+            print("Stopping SurveyMesh…", flush=True)
         await mesh.stop()
 
 

@@ -59,17 +59,22 @@ def _spans(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-async def _scrape(url: str, timeout: float = 60) -> str:  # noqa: ASYNC109
+async def _scrape(url: str, expect: str, timeout: float = 60) -> str:  # noqa: ASYNC109
+    """The text at ``url`` once it answers 200 and contains ``expect`` (a child that just
+    started serves its endpoint before it has recorded the metric)."""
     deadline = asyncio.get_running_loop().time() + timeout
+    text = ""
     async with httpx.AsyncClient(timeout=5) as http:
         while True:
             try:
                 response = await http.get(url)
                 if response.status_code == 200:
-                    return response.text
+                    text = response.text
+                    if expect in text:
+                        return text
             except httpx.HTTPError:
                 pass
-            assert asyncio.get_running_loop().time() < deadline, f"{url} never answered"
+            assert asyncio.get_running_loop().time() < deadline, f"{url}: no {expect!r} in {text!r}"
             await asyncio.sleep(0.5)
 
 
@@ -132,32 +137,62 @@ async def test_up_runs_the_demo_then_resumes_and_stops_cleanly(tmp_path: Path) -
 
     # A second `up` on the same data dir resumes (no re-init) and stops cleanly on SIGTERM.
     second = await _run(env)
-    assert second.stdout is not None
-    seen = ""
-    while "Press Ctrl-C" not in seen:
-        line = await asyncio.wait_for(second.stdout.readline(), 120)
-        assert line, seen
-        seen += line.decode()
-    children = _descendants_alive(second.pid)
+    try:
+        assert second.stdout is not None
+        seen = ""
+        while "Press Ctrl-C" not in seen:
+            line = await asyncio.wait_for(second.stdout.readline(), 120)
+            assert line, seen
+            seen += line.decode()
+        children = _descendants_alive(second.pid)
 
-    # The history of the demo's workflow, through the codec endpoint `up` runs: exactly the
-    # command the first run printed (its payloads are encrypted without the codec).
-    show = next(line.strip() for line in text.splitlines() if "temporal workflow show" in line)
-    path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    shell = {**env, "PATH": path}
-    decoded = await _shell(show, shell)
-    raw = await _shell(show.split(" --codec-endpoint")[0], shell)
-    assert '"state":"completed"' in decoded and "json/plain" in decoded, decoded
-    assert '"state":"completed"' not in raw and "binary/encrypted" in raw, raw
-    # Each child serves its metrics; the worker also the Temporal SDK's.
-    base = int(env["SURVEYMESH_METRICS_PORT"])
-    reporting = await _scrape(f"http://localhost:{base + 2}/metrics")
-    sdk = await _scrape(f"http://localhost:{base + 4}/metrics")  # the worker may still start
-    assert "surveymesh_rpc_server_handled_total" in reporting
-    assert "temporal_" in sdk
-    assert len(children) >= 6  # postgres, temporal, 3 services, worker (plus their helpers)
+        # The history of the demo's workflow, through the codec endpoint `up` runs: exactly the
+        # command the first run printed (its payloads are encrypted without the codec).
+        show = next(line.strip() for line in text.splitlines() if "temporal workflow show" in line)
+        path = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+        shell = {**env, "PATH": path}
+        decoded = await _shell(show, shell)
+        raw = await _shell(show.split(" --codec-endpoint")[0], shell)
+        assert '"state":"completed"' in decoded and "json/plain" in decoded, decoded
+        assert '"state":"completed"' not in raw and "binary/encrypted" in raw, raw
+        # Each child serves its metrics; the worker also the Temporal SDK's.
+        base = int(env["SURVEYMESH_METRICS_PORT"])
+        await _scrape(f"http://localhost:{base + 2}/metrics", "surveymesh_rpc_server_handled_total")
+        await _scrape(f"http://localhost:{base + 4}/metrics", "temporal_")
+        assert len(children) >= 6  # postgres, temporal, 3 services, worker (plus their helpers)
+    except BaseException:
+        # Stop the mesh of a failed check too: its children must not outlive the test.
+        second.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(second.communicate(), 120)
+        raise
     second.send_signal(signal.SIGTERM)
     rest, _ = await asyncio.wait_for(second.communicate(), 120)
     assert second.returncode == 0, seen + rest.decode()
+    await asyncio.sleep(0.5)
+    assert [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+async def test_up_stops_its_children_when_its_output_is_gone(tmp_path: Path) -> None:
+    """A terminal closed under `up` (its stdout a broken pipe) must not leave the mesh
+    running: printing "Stopping" fails, the children are stopped all the same."""
+    env = _env(tmp_path / "data")
+    read_end, write_end = os.pipe()
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "surveymesh.cli", "up", env=env, stdout=write_end, stderr=write_end
+    )
+    os.close(write_end)
+    loop = asyncio.get_running_loop()
+    seen = b""
+    try:
+        while b"Press Ctrl-C" not in seen:
+            chunk = await asyncio.wait_for(loop.run_in_executor(None, os.read, read_end, 4096), 120)
+            assert chunk, seen.decode()
+            seen += chunk
+        children = _descendants_alive(up.pid)
+        assert len(children) >= 6, seen.decode()
+    finally:
+        os.close(read_end)  # from here on, every write of `up` fails with EPIPE
+    up.send_signal(signal.SIGTERM)
+    await asyncio.wait_for(up.wait(), 120)
     await asyncio.sleep(0.5)
     assert [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
