@@ -237,34 +237,29 @@ def _score_rows(component: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def nps_score_charts(nps_component: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Each NPS question's score with its 95 % CI."""
-    rows = _score_rows(nps_component)
+def _score_charts(
+    component: Mapping[str, Any], chart_id: str, title: str, kind: str, y_title: str
+) -> list[dict[str, Any]]:
+    rows = _score_rows(component)
     if not rows:
         return []
     return [
-        _chart(
-            "nps_scores",
-            "Net Promoter Score with 95% CI",
-            "nps",
-            bars_with_ci(rows, x="question", y="score", y_title="NPS"),
-        )
+        _chart(chart_id, title, kind, bars_with_ci(rows, x="question", y="score", y_title=y_title))
     ]
+
+
+def nps_score_charts(nps_component: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Each NPS question's score with its 95 % CI."""
+    return _score_charts(
+        nps_component, "nps_scores", "Net Promoter Score with 95% CI", "nps", "NPS"
+    )
 
 
 def csat_charts(csat_component: Mapping[str, Any]) -> list[dict[str, Any]]:
     """CSAT score per rating question, with its 95 % (Wilson) CI."""
-    rows = _score_rows(csat_component)
-    if not rows:
-        return []
-    return [
-        _chart(
-            "csat",
-            "CSAT (share of 4-5 ratings) with 95% CI",
-            "csat",
-            bars_with_ci(rows, x="question", y="score", y_title="% satisfied"),
-        )
-    ]
+    return _score_charts(
+        csat_component, "csat", "CSAT (share of 4-5 ratings) with 95% CI", "csat", "% satisfied"
+    )
 
 
 def _verdict(q: Mapping[str, Any]) -> str:

@@ -197,20 +197,13 @@ def completion_stats(completed: ArrayLike, durations_seconds: ArrayLike) -> dict
     c = np.asarray(completed, dtype=bool)
     d = np.asarray(durations_seconds, dtype=np.float64)
     d = d[np.isfinite(d) & (d >= 0)]
-    total = int(c.size)
-    done = int(np.count_nonzero(c))
-    lo, hi = wilson_interval(done, total)
-    return {
-        "responses": total,
-        "completed": done,
-        "completion_rate": done / total if total else None,
-        "completion_rate_ci95": None if lo is None else [lo, hi],
-        "completion_time_seconds": {
-            "n": int(d.size),
-            "mean": _f(d.mean()) if d.size else None,
-            "median": _f(np.median(d)) if d.size else None,
-        },
-    }
+    return completion_from_counts(
+        int(c.size),
+        int(np.count_nonzero(c)),
+        int(d.size),
+        float(d.mean()) if d.size else None,
+        float(np.median(d)) if d.size else None,
+    )
 
 
 def completion_from_counts(
