@@ -33,6 +33,7 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 
 from bench.bench_import import bench_survey, generate
+from delivery_svc.wire import varint
 from surveymesh.auth import TokenAuthority, bearer_metadata
 from surveymesh.codec import configured_data_converter, payload_keys_for_mesh
 from surveymesh.config import Settings
@@ -59,15 +60,6 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values))
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 class ResponseBytes:
     """Encoded responses of the benchmark survey (ten questions of all six types).
 
@@ -88,8 +80,8 @@ class ResponseBytes:
             parts = []
             for i in range(start, min(n, start + batch)):
                 rid = f"resp-{i:08d}".encode()
-                row = b"\x0a" + _varint(len(rid)) + rid + self.bodies[i % TEMPLATES]
-                parts.append(b"\x12" + _varint(len(row)) + row)
+                row = b"\x0a" + varint(len(rid)) + rid + self.bodies[i % TEMPLATES]
+                parts.append(b"\x12" + varint(len(row)) + row)
             yield b"".join(parts)
 
 
